@@ -1,0 +1,50 @@
+# pemn-serve developer entry points. Every target creates .venv on first use.
+#   make serve   start the API on :8000 (local-directory store, CPU) with examples/bundles loaded
+#   make test    run the test suite (starts Redis and an S3 server on loopback when absent)
+#   make lint    ruff + mypy
+#   make bench   run every benchmark in bench/ and rewrite docs/benchmarks.md sections
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch: on the project's machines pip takes it from a local file.
+# Elsewhere: make TORCH_SPEC=torch==2.13.0 PIP_TORCH_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data serve test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(PIP_TORCH_ARGS) '$(TORCH_SPEC)'
+	$(BIN)/pip install -q -e '.[dev,s3]'
+	touch $@
+
+setup: $(STAMP)
+
+# Fashion-MNIST from Debian (tests marked `data` and the trainer read it).
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+	  echo "warning: Fashion-MNIST missing; install it with: sudo apt-get install -y dataset-fashion-mnist"
+
+serve: setup
+	$(BIN)/python -m service --preload-dir examples/bundles
+
+test: setup data
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup data
+	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

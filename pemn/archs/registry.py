@@ -1,0 +1,91 @@
+"""The architecture registry: ``create_model(name, **config)`` and friends.
+
+Every architecture is a function taking keyword-only config values with defaults;
+the registry resolves a partial config against those defaults (so a bundle can
+record the *full* config), rejects unknown keys, and checks sizes are positive.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from pemn.errors import InvalidParameterError, UnknownArchitectureError
+
+__all__ = ["create_model", "list_archs", "register", "resolve_config"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register an architecture builder under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"architecture {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_archs() -> list[str]:
+    """Names of all registered architectures, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownArchitectureError(str(name), list_archs()) from None
+
+
+def resolve_config(name: str, **config: Any) -> dict[str, Any]:
+    """The full config of ``name``: defaults overlaid with ``config``, validated.
+
+    Unknown keys raise ``InvalidParameterError``; every integer size must be >= 1.
+    """
+    fn = _builder(name)
+    params = {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    for key in config:
+        if key not in params:
+            raise InvalidParameterError(
+                f"{name} config key", key, "one of " + ", ".join(sorted(params))
+            )
+    full = {**params, **config}
+    for key, value in full.items():
+        default = params[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InvalidParameterError(key, value, "true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(key, value, "an integer >= 1")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise InvalidParameterError(key, value, "a number > 0")
+        elif isinstance(default, tuple):
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+            ):
+                raise InvalidParameterError(key, value, "a list of integers >= 1")
+            full[key] = tuple(value)
+    return full
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build architecture ``name`` with ``config`` (see ``resolve_config``).
+
+    Every conv and linear layer of the result is a plain ``nn.Conv2d`` /
+    ``nn.Linear`` without bias: those are the maskable layers.
+    """
+    full = resolve_config(name, **config)
+    return _builder(name)(**full)

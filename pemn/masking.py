@@ -1,0 +1,198 @@
+"""Edge-popup mask learning: score-based masked conv/linear layers, mask extraction,
+and applying binary masks to fixed weights.
+
+Training: every maskable layer keeps its fixed weight ``W`` (a buffer, never
+trained) and a trainable score tensor ``S`` of the same shape. The forward pass
+keeps the top ``kept(n, density)`` entries of ``|S|`` and computes with ``W * M``;
+the backward pass is straight-through: the gradient w.r.t. ``M`` flows to ``|S|``
+unchanged (and through ``abs`` to ``S``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pemn.errors import InvalidParameterError
+from pemn.prototype import maskable_layers
+
+__all__ = [
+    "MaskedConv2d",
+    "MaskedLinear",
+    "apply_masks",
+    "check_density",
+    "extract_masks",
+    "kept_count",
+    "to_masked",
+    "topk_mask",
+]
+
+
+def check_density(density: float) -> float:
+    if isinstance(density, bool) or not isinstance(density, int | float) or not 0 < density < 1:
+        raise InvalidParameterError("density", density, "a number in (0, 1)")
+    return float(density)
+
+
+def kept_count(n: int, density: float) -> int:
+    """Weights a layer of ``n`` keeps: ``floor(density * n + 0.5)`` in IEEE double,
+    clamped to ``[1, n]``. The bundle reader checks every mask's popcount against it."""
+    return max(1, min(n, math.floor(density * n + 0.5)))
+
+
+def topk_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
+    """Float {0, 1} mask of ``scores``' shape with ones at the ``kept`` largest |scores|
+    (exactly ``kept`` ones; ties broken by ``torch.topk``)."""
+    flat = scores.detach().abs().flatten()
+    mask = torch.zeros_like(flat)
+    mask[flat.topk(kept, sorted=False).indices] = 1.0
+    return mask.view_as(scores)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, abs_scores: torch.Tensor, kept: int) -> torch.Tensor:
+        return topk_mask(abs_scores, kept)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class _MaskedMixin:
+    fixed_weight: torch.Tensor
+    scores: nn.Parameter
+    density: float
+
+    def _init_masked(
+        self, fixed: torch.Tensor, density: float, generator: torch.Generator | None
+    ) -> None:
+        self.density = check_density(density)
+        self.register_buffer("fixed_weight", fixed.detach().clone())  # type: ignore[attr-defined]
+        fan_in = math.prod(fixed.shape[1:])
+        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default init range for the layer
+        scores = torch.empty(fixed.shape, dtype=torch.float32)
+        scores.uniform_(-bound, bound, generator=generator)
+        self.scores = nn.Parameter(scores.to(fixed.device))
+
+    @property
+    def kept(self) -> int:
+        return kept_count(self.fixed_weight.numel(), self.density)
+
+    def mask(self) -> torch.Tensor:
+        """The current binary mask (bool), as used by the forward pass."""
+        return topk_mask(self.scores, self.kept).bool()
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.fixed_weight * _StraightThrough.apply(self.scores.abs(), self.kept)
+
+
+class MaskedConv2d(_MaskedMixin, nn.Module):
+    """A bias-free ``nn.Conv2d`` whose weight is ``fixed_weight * topk(|scores|)``."""
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        fixed: torch.Tensor,
+        density: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = (
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+        )
+        self._init_masked(fixed, density, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            x, self.masked_weight(), None, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+class MaskedLinear(_MaskedMixin, nn.Module):
+    """A bias-free ``nn.Linear`` whose weight is ``fixed_weight * topk(|scores|)``."""
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        fixed: torch.Tensor,
+        density: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_masked(fixed, density, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight())
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _plain_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def to_masked(
+    model: nn.Module,
+    fixed: Mapping[str, torch.Tensor],
+    density: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Replace, in place, every conv/linear layer of ``model`` by its masked form over
+    ``fixed[name]``. Scores are drawn from ``generator`` in layer order. Returns ``model``."""
+    check_density(density)
+    for name, module in _plain_layers(model):
+        if module.bias is not None:
+            raise InvalidParameterError(f"{name}.bias", "present", "no bias on maskable layers")
+        w = fixed[name]
+        if tuple(w.shape) != tuple(module.weight.shape):
+            raise InvalidParameterError(
+                f"fixed[{name}].shape", tuple(w.shape), str(tuple(module.weight.shape))
+            )
+        w = w.to(module.weight.device)
+        masked: nn.Module
+        if isinstance(module, nn.Conv2d):
+            masked = MaskedConv2d(module, w, density, generator)
+        else:
+            masked = MaskedLinear(module, w, density, generator)
+        _replace(model, name, masked)
+    return model
+
+
+def extract_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{layer name: bool mask}`` of every masked layer of a trained model."""
+    return {
+        name: module.mask()
+        for name, module in maskable_layers(model)
+        if isinstance(module, MaskedConv2d | MaskedLinear)
+    }
+
+
+@torch.no_grad()
+def apply_masks(
+    model: nn.Module, fixed: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """Set every plain conv/linear weight of ``model`` to ``fixed * mask``, in place."""
+    for name, module in _plain_layers(model):
+        w = fixed[name].to(module.weight.device)
+        m = masks[name].to(module.weight.device)
+        if w.shape != module.weight.shape or m.shape != module.weight.shape:
+            raise InvalidParameterError(
+                f"{name} weight/mask shape",
+                (tuple(w.shape), tuple(m.shape)),
+                str(tuple(module.weight.shape)),
+            )
+        module.weight.copy_(w * m)
+    return model
