@@ -30,6 +30,7 @@ __all__ = [
     "kept_count",
     "to_masked",
     "topk_mask",
+    "trained_state",
 ]
 
 
@@ -196,3 +197,20 @@ def apply_masks(
             )
         module.weight.copy_(w * m)
     return model
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors a bundle stores besides the masks: every floating-point
+    entry of ``model.state_dict()`` except maskable weights, fixed weights and scores
+    (BatchNorm weight/bias/running_mean/running_var, LayerNorm weight/bias).
+    Works on the plain and the masked form of an architecture alike."""
+    skip = {
+        f"{name}.{leaf}"
+        for name, _ in maskable_layers(model)
+        for leaf in ("weight", "fixed_weight", "scores")
+    }
+    return {
+        k: v.detach().cpu()
+        for k, v in model.state_dict().items()
+        if k not in skip and v.is_floating_point()
+    }

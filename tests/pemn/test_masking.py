@@ -114,3 +114,16 @@ def test_bias_is_refused():
     model = nn.Sequential(nn.Linear(3, 2, bias=True))
     with pytest.raises(InvalidParameterError, match="bias"):
         to_masked(model, {"0": torch.zeros(2, 3)})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trained_state_is_the_same_for_plain_and_masked(arch):
+    from pemn.masking import trained_state
+
+    masked, _ = _masked(arch, Strategy("mp"))
+    plain = create_model(arch, in_channels=1, image_size=28, **SMALL[arch])
+    a, b = trained_state(masked), trained_state(plain)
+    assert sorted(a) == sorted(b) and a
+    assert not any(k.endswith(("scores", "fixed_weight", "num_batches_tracked")) for k in a)
+    maskable = {f"{n}.weight" for n, _ in maskable_layers(plain)}
+    assert not maskable & set(b)
