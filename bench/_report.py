@@ -1,0 +1,84 @@
+"""Shared by the benchmarks: write a result section into docs/benchmarks.md and
+describe the machine. Each benchmark owns one section, delimited by markers
+``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; rerunning replaces it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["machine", "median_time", "percentile", "table", "write_section"]
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+_HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `bench/`; the command is given with each section.\n"
+
+
+def machine() -> str:
+    """One line: CPU, cores, Python, torch and thread count, date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    s = sorted(values)
+    if not s:
+        raise ValueError("no values")
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_section(name: str, title: str, body: str, command: str, path: Path = DOCS) -> None:
+    """Replace (or append) section ``name`` of docs/benchmarks.md and echo it."""
+    section = (
+        f"<!-- bench:{name} -->\n## {title}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{body.strip()}\n"
+        f"<!-- /bench:{name} -->"
+    )
+    text = path.read_text() if path.exists() else _HEADER
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(section, file=sys.stdout)
