@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -49,7 +50,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(v2.router)
     app.include_router(ops.router)
+    _document_oip_schemas(app)
     return app
+
+
+def _document_oip_schemas(app: FastAPI) -> None:
+    """The OIP infer routes read their body themselves (for the binary extension);
+    add their JSON schemas to the OpenAPI components they reference."""
+    from fastapi.openapi.utils import get_openapi
+
+    from service.schemas import InferRequest, InferResponse
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (InferRequest, InferResponse):
+                full = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(full.pop("$defs", {}))
+                components[model.__name__] = full
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @functools.cache

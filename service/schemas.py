@@ -131,7 +131,7 @@ class InferInput(BaseModel):
     shape: list[int]
     datatype: Datatype
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None
 
 
 class InferRequestedOutput(BaseModel):
@@ -169,7 +169,7 @@ class InferOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None
 
 
 class InferResponse(BaseModel):
