@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         2.0, gt=0, description="store change polling (pub/sub is the fast path)"
     )
+    store_hints: bool = Field(
+        True, description="follow the store's pub/sub hints; false: polling only"
+    )
     inference_threads: int = Field(
         0, ge=0, description="torch intra-op threads (0: torch's default)"
     )

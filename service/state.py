@@ -123,6 +123,9 @@ class ServiceState:
 
     async def _follow(self) -> None:
         """Re-sync whenever the store's epoch moves (pub/sub hint or polling)."""
+        if not self.settings.store_hints:
+            await self._poll()
+            return
         epochs = self.store.watch(self.settings.poll_interval_s)
         try:
             async for epoch in epochs:
@@ -134,3 +137,13 @@ class ServiceState:
                     log.warning("store sync after epoch %d failed: %s", epoch, exc)
         finally:
             await epochs.aclose()  # type: ignore[attr-defined]  # releases the pub/sub subscription
+
+    async def _poll(self) -> None:
+        """Polling only (``PEMN_STORE_HINTS=false``): the fallback when hints are lost."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                if await self.store.epoch() != self.registry.synced_epoch:
+                    await self.registry.sync()
+            except StoreError as exc:
+                log.warning("store poll failed: %s", exc)
