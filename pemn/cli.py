@@ -1,21 +1,29 @@
 """``python -m pemn``: command-line tools of the core library.
 
-stats   N, M, U and the paper's compression of an architecture under a strategy
+stats     N, M, U and the paper's compression of an architecture under a strategy
+inspect   summary of a bundle; verify: validate one; export: ONNX with a parity check
+publish   upload bundle files (or directories of *.pemn) into a store
+rollback  make an earlier version of a model its latest again
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pemn.archs import create_model, list_archs
 from pemn.prototype import STRATEGIES, Strategy, layer_specs, stats
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 # The models the paper reports storage for (CIFAR-10 inputs).
 _PAPER_MODELS: list[tuple[str, str, dict[str, Any]]] = [
@@ -166,6 +174,85 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if diff <= args.tolerance else 1
 
 
+def _bundle_files(paths: Sequence[str]) -> list[Path]:
+    """The files to publish: each FILE as given, each directory's ``*.pemn`` sorted."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.pemn") if p.is_file())
+            if not found:
+                raise SystemExit(f"error: directory {raw} holds no *.pemn bundles")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"error: {raw} is neither a bundle file nor a directory")
+    return files
+
+
+def _store_url(given: str | None) -> str:
+    url = given or os.environ.get("PEMN_STORE_URL")
+    if not url:
+        raise SystemExit("error: give the store as --store URL (or set PEMN_STORE_URL)")
+    return url
+
+
+def _retrying(call: Callable[[], T], wait_s: float) -> T:
+    """``call()``, retried with backoff while the store is unreachable, for ``wait_s`` s."""
+    from pemn.store import Unavailable
+
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Unavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            print(
+                f"waiting for the store ({exc}); retrying in {min(delay, left):.1f}s",
+                file=sys.stderr,
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from pemn.store import open_store
+
+    files = _bundle_files(args.files)
+    if args.name is not None and len(files) != 1:
+        raise SystemExit(f"error: --name needs exactly one bundle file, got {len(files)}")
+    with open_store(_store_url(args.store)) as store:
+        for path in files:
+            name = args.name or path.stem
+            data = _read_file(str(path))
+            result = _retrying(functools.partial(store.put, name, data), args.wait)
+            state = "published" if result.created else "unchanged"
+            print(
+                f"{state} {path} as {name} v{result.version} ({result.content_id}, {result.size:,} bytes) in {store.url}"
+            )
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from pemn.store import open_store
+
+    with open_store(_store_url(args.store)) as store:
+        current = _retrying(lambda: store.info(args.name), args.wait)
+        old = store.get(args.name, args.version)
+        if old.content_id == current.content_id:
+            print(f"{args.name} v{current.version} already holds the bytes of v{args.version}")
+            return 0
+        result = store.put(args.name, old.data, expected_version=current.version)
+    print(
+        f"rolled back {args.name}: v{result.version} now holds the bytes of v{args.version} ({result.content_id}); v{current.version} stays retained"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pemn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,13 +290,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| (default 1e-4)"
     )
     p.set_defaults(func=_cmd_export)
+
+    store_help = "store URL: file:///dir, redis://host:port/db?prefix=p, s3://bucket/prefix (default: $PEMN_STORE_URL)"
+    wait_help = "keep retrying this many seconds while the store is unreachable (default 0)"
+    p = sub.add_parser(
+        "publish", help="upload bundles into a store (files or directories of *.pemn)"
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="bundle files, or directories whose *.pemn to publish",
+    )
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--name", help="model name (one file only; default: each file's stem)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=wait_help)
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser(
+        "rollback", help="make an earlier version of a model its latest (as a new version)"
+    )
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=int, help="the retained version whose bytes become the latest")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=wait_help)
+    p.set_defaults(func=_cmd_rollback)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pemn.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except StoreError as exc:  # unreachable, invalid bundle or name, bad URL: one sentence
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:  # typed parameter and bundle errors: one sentence, non-zero exit
         code = getattr(exc, "code", None)
         print(f"error{f' [{code}]' if code else ''}: {exc}", file=sys.stderr)
