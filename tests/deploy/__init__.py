@@ -1,0 +1,1 @@
+"""Tests of the deployment artefacts: Dockerfile, Compose, Kubernetes, scale-out."""

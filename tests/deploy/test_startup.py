@@ -1,0 +1,165 @@
+"""Starting up as Compose and Kubernetes do, with real processes on loopback.
+
+* Missing, default or short API keys in production: ``python -m service`` exits
+  non-zero with one clear sentence and no traceback.
+* The compose sequence, in its harder order: the api starts (with the api's compose
+  environment) before Redis answers, stays live (the Dockerfile's HEALTHCHECK command
+  passes) and reports not-ready with the reason; Redis comes up on that port; the api
+  becomes ready; the publishing job's command (from docker-compose.yml) publishes the
+  demo bundles; the api serves ``/predict`` for them without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.deploy.artefacts import ROOT, compose_config, healthcheck_argv, stages
+from tests.pemn.bundles import make_bundle
+from tests.servers import RedisServer, free_port
+from tests.service.server import ServerProcess
+
+REFUSAL = "PEMN_API_KEY must be set to a secret of at least 16 characters"
+
+
+def _env(**pemn: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEMN_")}
+    return {**env, "PYTHONPATH": str(ROOT), **pemn}
+
+
+def test_production_refuses_missing_default_or_short_keys() -> None:
+    cases = {"missing": None, "default": "changeme", "short": "15-chars-secret"}
+    assert len(cases["short"] or "") == 15
+    procs: dict[str, subprocess.Popen[str]] = {}
+    with tempfile.TemporaryDirectory() as cwd:  # no .env file to pick up
+        for case, key in cases.items():
+            env = _env(PEMN_ENVIRONMENT="production", PEMN_STORE_URL="redis://127.0.0.1:1/0")
+            if key is not None:
+                env["PEMN_API_KEY"] = key
+            procs[case] = subprocess.Popen(
+                [sys.executable, "-m", "service", "--port", str(free_port())],
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        try:
+            for case, proc in procs.items():
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{out}{err}"
+                assert err.strip().splitlines() == [
+                    f"error: settings: {REFUSAL} outside development "
+                    "(PEMN_ENVIRONMENT=production); refusing to start"
+                ], f"{case}: {err}"
+                assert "Traceback" not in out + err
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate()
+
+
+def _demo_bundles(tmp: Path) -> Path:
+    """examples/bundles when it holds bundles, else two small generated ones."""
+    shipped = ROOT / "examples" / "bundles"
+    if any(shipped.glob("*.pemn")):
+        return shipped
+    d = tmp / "bundles"
+    d.mkdir()
+    (d / "demo-a.pemn").write_bytes(make_bundle(mask_seed=41))
+    (d / "demo-b.pemn").write_bytes(make_bundle(mask_seed=42))
+    return d
+
+
+def _healthcheck(port: int) -> int:
+    """Run the cpu image's HEALTHCHECK command against 127.0.0.1:port."""
+    cpu = next(s for s in stages() if s.name == "cpu")
+    argv = healthcheck_argv(cpu)
+    assert argv[0] == "python"
+    env = _env(PEMN_PORT=str(port))
+    return subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True).returncode
+
+
+@pytest.mark.redis
+def test_api_waits_for_redis_then_serves_what_the_demo_job_publishes(tmp_path: Path) -> None:
+    services = compose_config()["services"]
+    port = free_port()  # nothing listens here yet
+    store = f"redis://127.0.0.1:{port}/0?prefix=compose-{uuid.uuid4().hex[:8]}"
+    key = secrets.token_urlsafe(24)
+    env = {**services["api"]["environment"], "PEMN_STORE_URL": store, "PEMN_API_KEY": key}
+    assert env["PEMN_ENVIRONMENT"] == "production"
+    server = ServerProcess(env, wait=False)
+    redis: RedisServer | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.proc.poll() is None, f"the api exited:\n{server.log()[-3000:]}"
+            try:
+                if server.client.get("/v2/health/live").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.1)
+        while True:  # "starting", then the reason once the first attempt failed
+            ready = server.client.get("/v2/health/ready")
+            assert ready.status_code == 503 and ready.json()["ready"] is False
+            if ready.json()["status"].startswith("waiting for the store"):
+                break
+            assert time.monotonic() < deadline, ready.json()
+            time.sleep(0.1)
+        assert f"127.0.0.1:{port}" in ready.json()["status"]
+        assert _healthcheck(server.port) == 0, "live while waiting: Docker must not restart it"
+        assert _healthcheck(free_port()) != 0, "the health check must fail with nothing there"
+        time.sleep(1.0)  # a few backoff rounds; still alive and not ready
+        assert server.proc.poll() is None
+        assert server.client.get("/v2/health/ready").status_code == 503
+
+        redis = RedisServer(port=port)
+        server.wait_ready(60)
+
+        # the compose job's command, with the demo bundles' directory on this machine
+        command = services["trainer"]["command"]
+        bundles = _demo_bundles(tmp_path)
+        argv = [sys.executable, *command[1:]]
+        argv[argv.index("/app/examples/bundles")] = str(bundles)
+        job = subprocess.run(
+            argv, env=_env(PEMN_STORE_URL=store), capture_output=True, text=True, timeout=120
+        )
+        assert job.returncode == 0, job.stderr
+        names = sorted(p.stem for p in bundles.glob("*.pemn"))
+        assert job.stdout.count("published ") == len(names)
+
+        # the api follows the store: the demo tasks appear without a restart
+        deadline = time.monotonic() + 30
+        while True:
+            listed = {m["name"]: m for m in server.client.get("/models").json()["data"]}
+            if set(names) <= set(listed):
+                break
+            assert time.monotonic() < deadline, f"api lists {sorted(listed)}, not {names}"
+            time.sleep(0.1)
+        for name in names:
+            x = np.zeros((2, *listed[name]["input_shape"]), dtype=np.float32)
+            r = server.client.post("/predict", json={"model": name, "inputs": x.tolist()})
+            assert r.status_code == 200, r.text
+            assert r.json()["version"] == 1 and len(r.json()["outputs"]) == 2
+        # model changes need the key from the environment (production)
+        r = server.client.delete(f"/models/{names[0]}")
+        assert r.status_code == 401
+        r = server.client.delete(f"/models/{names[0]}", headers={"X-API-Key": key})
+        assert r.status_code == 204
+    finally:
+        server.stop()
+        if redis is not None:
+            redis.close()
