@@ -6,6 +6,7 @@ command line, and the API key guard."""
 from __future__ import annotations
 
 import secrets
+import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +16,14 @@ from pydantic import ValidationError
 from pemn.cli import build_parser
 from pemn.store.options import RedisConfig, S3Config, parse_url
 from service.settings import Settings
-from tests.deploy.artefacts import ROOT, compose, compose_config, setting_env_names, stages
+from tests.deploy.artefacts import (
+    ROOT,
+    compose,
+    compose_config,
+    dockerignore_excludes,
+    setting_env_names,
+    stages,
+)
 
 GPU = ("docker-compose.yml", "docker-compose.gpu.yml")
 OUR_IMAGE = ("pemn-serve:cpu", "pemn-serve:gpu")
@@ -42,6 +50,13 @@ def test_compose_refuses_to_start_without_an_api_key() -> None:
     r = compose("config", "-q", env_file=None)
     assert r.returncode != 0
     assert "set API_KEY in .env (cp .env.example .env)" in r.stderr
+
+
+def test_the_env_file_with_the_key_stays_out_of_git_and_the_image() -> None:
+    r = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False)
+    assert r.returncode == 0, ".env (holding API_KEY) must be git-ignored"
+    assert dockerignore_excludes(".env")
+    assert "API_KEY=changeme" in (ROOT / ".env.example").read_text().splitlines()
 
 
 def test_services_and_start_order() -> None:
