@@ -33,11 +33,14 @@ RUN mkdir -p examples/bundles
 # ---------------------------------------------------------------- gpu
 FROM ${CUDA_IMAGE} AS gpu-base
 ENV DEBIAN_FRONTEND=noninteractive
+# The distribution's python3 is pinned by the (pinned) CUDA_IMAGE tag.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 
 FROM gpu-base AS gpu-builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 ARG TORCH_VERSION
@@ -46,11 +49,12 @@ RUN pip install --index-url "${TORCH_CUDA_INDEX}" "torch==${TORCH_VERSION}"
 COPY --from=source /src /src
 # onnxruntime (a base dependency) and onnxruntime-gpu (the gpu extra) share one
 # Python package: keep only the GPU build, at the version the extra resolved.
+# The build fails if a dev tool got in.
 RUN pip install "/src[s3,gpu]" \
  && ort="$(pip show onnxruntime-gpu | sed -n 's/^Version: //p')" \
  && pip uninstall -y onnxruntime onnxruntime-gpu \
- && pip install --no-deps "onnxruntime-gpu==${ort}"
-RUN python -c "import importlib.util as u, sys; dev = [m for m in ('pytest', 'mypy', 'ruff', 'moto') if u.find_spec(m)]; sys.exit(f'dev tools in the image: {dev}' if dev else 0)"
+ && pip install --no-deps "onnxruntime-gpu==${ort}" \
+ && python -c "import importlib.util as u, sys; dev = [m for m in ('pytest', 'mypy', 'ruff', 'moto') if u.find_spec(m)]; sys.exit(f'dev tools in the image: {dev}' if dev else 0)"
 
 FROM gpu-base AS gpu
 RUN groupadd --system --gid 10001 pemn \
@@ -75,9 +79,10 @@ ARG TORCH_VERSION
 ARG TORCH_CPU_INDEX
 RUN pip install --index-url "${TORCH_CPU_INDEX}" "torch==${TORCH_VERSION}"
 COPY --from=source /src /src
-# torch is already satisfied by the CPU build, so pip keeps it.
-RUN pip install "/src[s3]"
-RUN python -c "import importlib.util as u, sys; dev = [m for m in ('pytest', 'mypy', 'ruff', 'moto') if u.find_spec(m)]; sys.exit(f'dev tools in the image: {dev}' if dev else 0)"
+# torch is already satisfied by the CPU build, so pip keeps it. The build fails if a
+# dev tool got in.
+RUN pip install "/src[s3]" \
+ && python -c "import importlib.util as u, sys; dev = [m for m in ('pytest', 'mypy', 'ruff', 'moto') if u.find_spec(m)]; sys.exit(f'dev tools in the image: {dev}' if dev else 0)"
 
 FROM python:${PYTHON_VERSION}-slim AS cpu
 RUN groupadd --system --gid 10001 pemn \
