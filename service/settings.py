@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of `python -m service`")
     port: int = Field(8000, ge=1, le=65535, description="port of `python -m service`")
     store_url: str = Field(
-        "file://./var/store",
-        description="bundle store: file:///dir, redis://host:port/db?prefix=p, s3://bucket/prefix",
+        "var/store",
+        description="bundle store: a directory path or file:///dir, redis://host:port/db?prefix=p, "
+        "s3://bucket/prefix?endpoint_url=...",
     )
     api_key: SecretStr | None = Field(None, description="required for POST/DELETE /models when set")
     max_upload_bytes: int = Field(64 * 2**20, ge=1024, description="largest accepted bundle upload")
@@ -93,6 +94,17 @@ class Settings(BaseSettings):
                     raise ValueError(f"runtime_overrides entry {item!r} is not NAME=RUNTIME")
                 out[name.strip()] = runtime.strip()
             return out
+        return v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        from pemn.store import StoreError, parse_url
+
+        try:
+            parse_url(v)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
     @field_validator("device")
