@@ -1,7 +1,7 @@
 """Starting up as Compose and Kubernetes do, with real processes on loopback.
 
-* Missing, default or short API keys in production: ``python -m service`` exits
-  non-zero with one clear sentence and no traceback.
+* Missing or default API keys in production: ``python -m service`` exits non-zero
+  with one clear sentence and no traceback (short keys: the same check, in-process).
 * The compose sequence, in its harder order: the api starts (with the api's compose
   environment) before Redis answers, stays live (the Dockerfile's HEALTHCHECK command
   passes) and reports not-ready with the reason; Redis comes up on that port; the api
@@ -23,7 +23,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from service.settings import Settings
 from tests.deploy.artefacts import ROOT, compose_config, healthcheck_argv, stages
 from tests.pemn.bundles import make_bundle
 from tests.servers import RedisServer, free_port
@@ -37,9 +39,18 @@ def _env(**pemn: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), **pemn}
 
 
-def test_production_refuses_missing_default_or_short_keys() -> None:
-    cases = {"missing": None, "default": "changeme", "short": "15-chars-secret"}
-    assert len(cases["short"] or "") == 15
+def test_production_refuses_a_short_key() -> None:
+    short = "15-chars-secret"
+    assert len(short) == 15
+    with pytest.raises(ValidationError, match=REFUSAL):
+        Settings(_env_file=None, environment="production", api_key=short)  # type: ignore[call-arg]
+    ok = Settings(_env_file=None, environment="production", api_key=short + "!")  # type: ignore[call-arg]
+    assert ok.api_key is not None
+
+
+def test_production_server_refuses_a_missing_or_default_key() -> None:
+    """Two real processes (each imports torch: they run side by side)."""
+    cases = {"missing": None, "default": "changeme"}
     procs: dict[str, subprocess.Popen[str]] = {}
     with tempfile.TemporaryDirectory() as cwd:  # no .env file to pick up
         for case, key in cases.items():
