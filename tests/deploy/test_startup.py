@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import numpy as np
@@ -26,6 +27,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.settings import Settings
+from tests.conftest import S3Endpoint
 from tests.deploy.artefacts import ROOT, compose_config, healthcheck_argv, stages
 from tests.pemn.bundles import make_bundle
 from tests.servers import RedisServer, free_port
@@ -174,3 +176,35 @@ def test_api_waits_for_redis_then_serves_what_the_demo_job_publishes(tmp_path: P
         server.stop()
         if redis is not None:
             redis.close()
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_the_s3_profile_api_uploads_and_serves_the_demo_bundles(
+    tmp_path: Path, s3_server: S3Endpoint
+) -> None:
+    """api-s3's compose environment, with moto in place of MinIO: the S3 store URL
+    (endpoint, region), credentials from AWS_*, PEMN_PRELOAD_DIR uploading at startup."""
+    env = dict(compose_config("s3")["services"]["api-s3"]["environment"])
+    url = urlsplit(env["PEMN_STORE_URL"])
+    query = dict(parse_qsl(url.query))
+    assert url.scheme == "s3" and query["endpoint_url"] == "http://minio:9000"
+    query["endpoint_url"] = s3_server.endpoint_url
+    prefix = f"{url.path.strip('/')}-{uuid.uuid4().hex[:8]}"
+    env["PEMN_STORE_URL"] = f"s3://{s3_server.bucket}/{prefix}?{urlencode(query, safe=':/')}"
+    bundles = _demo_bundles(tmp_path)
+    assert env["PEMN_PRELOAD_DIR"] == "/app/examples/bundles"
+    env["PEMN_PRELOAD_DIR"] = str(bundles)
+    env["PEMN_API_KEY"] = secrets.token_urlsafe(24)
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    server = ServerProcess(env, timeout=120)
+    try:
+        listed = {m["name"]: m for m in server.client.get("/models").json()["data"]}
+        names = sorted(p.stem for p in bundles.glob("*.pemn"))
+        assert sorted(listed) == names
+        for name in names:
+            x = np.zeros((1, *listed[name]["input_shape"]), dtype=np.float32)
+            r = server.client.post("/predict", json={"model": name, "inputs": x.tolist()})
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()
