@@ -266,7 +266,7 @@ class S3Backend(LockedBackend):
                     key=key,
                 )
             await asyncio.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 0.2)
+            pause = min(pause * 2, 0.05)
 
     async def _check_lock(self, lock: Any) -> None:
         if time.monotonic() - lock.since > self._ttl / 2:
