@@ -12,14 +12,20 @@ Servers are started only when a test asks for them, and stopped at the end.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
 from tests.servers import MotoServer, RedisServer, ServerError, redis_answers
+
+# Tests run beside other CPU-heavy jobs on a 2-core machine; OpenMP threads that
+# outnumber the free cores spin and slow everything down. PEMN_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("PEMN_TEST_THREADS", "1")))
 
 
 @dataclass(frozen=True)
