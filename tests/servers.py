@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 __all__ = ["MotoServer", "RedisServer", "ServerError", "free_port", "redis_answers"]
 
@@ -126,7 +126,7 @@ class _Process:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -132,7 +132,9 @@ class AsyncStore:
             raise Corrupt(f"unreadable head record: {exc}", store=self.url, key=name) from None
 
     # ------------------------------------------------------------------ writes
-    async def _prepare(self, name: str, data: bytes) -> tuple[dict[str, Any], str]:
+    async def _prepare(
+        self, name: str, data: bytes | bytearray | memoryview
+    ) -> tuple[dict[str, Any], str]:
         """Size cap, then full bundle validation, then the content id: before any write."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"bundle data must be bytes, not {type(data).__name__}")
@@ -166,7 +168,11 @@ class AsyncStore:
         return await asyncio.to_thread(check)
 
     async def put(
-        self, name: str, data: bytes, *, expected_version: int | None = None
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        expected_version: int | None = None,
     ) -> PutResult:
         """Store ``data`` as the next version of ``name``.
 
@@ -383,7 +389,7 @@ class AsyncStore:
 
     async def watch(
         self, poll_interval: float = 1.0, *, since: int | None = None
-    ) -> AsyncIterator[int]:
+    ) -> AsyncGenerator[int, None]:
         """Yield the epoch each time it changes: first the current one (unless it
         equals ``since``), then every new value. Several changes may be folded into
         one value; react by re-reading (``list``), not by counting.

@@ -25,6 +25,7 @@ boto3 is synchronous: each call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -102,6 +103,7 @@ class S3Backend(LockedBackend):
         self._p = f"{config.prefix}/" if config.prefix else ""
         self._ttl = config.lock_ttl
         self._lock_timeout = options.lock_timeout
+        self._released: str | None = None  # ETag of the lock object this client released
         session = boto3_session(
             aws_access_key_id=config.aws_access_key_id,
             aws_secret_access_key=config.aws_secret_access_key,
@@ -237,6 +239,11 @@ class S3Backend(LockedBackend):
         deadline = time.monotonic() + self._lock_timeout
         pause = 0.01
         holder = "?"
+        released, self._released = self._released, None
+        if released:  # fast path: nobody took the lock since this client released it
+            since = time.monotonic()
+            with contextlib.suppress(_LostRace):
+                return _Lease(owner, await self._put(key, body, IfMatch=released), since)
         while True:
             since = time.monotonic()
             try:
@@ -280,7 +287,7 @@ class S3Backend(LockedBackend):
         key = self.key("lock")
         body = json.dumps({"released": True, "owner": lock.owner}).encode()
         try:
-            await self._put(key, body, IfMatch=lock.etag)
+            self._released = await self._put(key, body, IfMatch=lock.etag)
         except _LostRace:
             log.warning("store %s: the write lock was taken over before release", self.display)
         except StoreError as exc:  # it expires after lock_ttl anyway

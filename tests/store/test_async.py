@@ -52,7 +52,7 @@ class Watching:
     """Consume ``store.watch(...)`` in a task; ``seen`` lists what it yielded."""
 
     def __init__(self, store: AsyncStore, **kw: Any) -> None:
-        self.it: AsyncGenerator[int, None] = store.watch(**kw)  # type: ignore[assignment]
+        self.it: AsyncGenerator[int, None] = store.watch(**kw)
         self.seen: list[int] = []
         self.changed = asyncio.Event()
 

@@ -38,11 +38,19 @@ def _delete_now_and_then(url: str, options: dict[str, Any], stop: Path) -> int:
     return deleted
 
 
-def _read_until(stop: Path, *args: Any, pause: float) -> dict[str, int]:
+def _read_until(
+    stop: Path,
+    url: str,
+    options: dict[str, Any],
+    names: list[str],
+    ok: dict[str, set[str]],
+    pause: float,
+) -> dict[str, int]:
     total = {"ok": 0, "not_found": 0}
     while True:
         done = stop.exists()
-        for k, v in _workers.read(*args, seconds=0.5, deletable=DELETED, pause=pause).items():
+        counts = _workers.read(url, options, names, ok, 0.5, DELETED, pause)
+        for k, v in counts.items():
             total[k] += v
         if done:
             return total

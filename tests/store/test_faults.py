@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def test_redis_stopped_and_restarted(private_redis: RedisServer) -> None:
         first = store.put("alpha", bundle(1))
         private_redis.stop()
         start = time.monotonic()
-        calls = {
+        calls: dict[str, list[Callable[[], object]]] = {
             "alpha": [
                 lambda: store.put("alpha", bundle(2)),
                 lambda: store.get("alpha"),
