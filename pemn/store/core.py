@@ -107,7 +107,7 @@ class AsyncStore:
     async def _retrying(self, op: str, key: str | None, fn: Callable[[int], Awaitable[T]]) -> T:
         """Run ``fn(attempt)`` with up to ``retries`` attempts on ``Unavailable``."""
         if self._closed:
-            raise Unavailable(f"cannot {op}: the store is closed", store=self.url, key=key)
+            raise RuntimeError(f"cannot {op}: the store {self.url} is closed")
         delay = self._options.retry_backoff
         attempts = self._options.retries
         for attempt in range(1, attempts + 1):

@@ -256,10 +256,11 @@ class S3Backend(LockedBackend):
                 try:
                     doc = json.loads(data)
                     age = (parsedate_to_datetime(date) - modified).total_seconds()
-                except (ValueError, TypeError):
-                    doc, age = {}, float("inf")  # unreadable lock object: treat as expired
+                    ttl = float(doc.get("ttl", self._ttl))  # the holder's own lease time
+                except (ValueError, TypeError, AttributeError):
+                    doc, age, ttl = {}, 1.0, 0.0  # unreadable lock object: treat as expired
                 holder = f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
-                if doc.get("released") or age > self._ttl:
+                if doc.get("released") or age > ttl:
                     since = time.monotonic()
                     try:
                         return _Lease(owner, await self._put(key, body, IfMatch=etag), since)

@@ -214,3 +214,14 @@ def test_sync_store_works_inside_a_running_event_loop(target: Target) -> None:
             assert s.get("alpha").data == bundle(1)
 
     asyncio.run(main())
+
+
+def test_closed_async_store_refuses_calls(tmp_path: Any) -> None:
+    async def main() -> None:
+        s = open_async_store(tmp_path.as_uri())
+        await s.close()
+        await s.close()  # idempotent
+        with pytest.raises(RuntimeError, match="closed"):
+            await s.list()
+
+    asyncio.run(main())
