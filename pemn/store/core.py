@@ -114,11 +114,12 @@ class AsyncStore:
             try:
                 return await fn(attempt)
             except Unavailable as exc:
-                if attempt == attempts:
+                if attempt == attempts or not exc.retryable:
                     raise Unavailable(
-                        f"cannot {op} after {attempts} attempt(s): {exc.reason}",
+                        f"cannot {op} after {attempt} attempt(s): {exc.reason}",
                         store=self.url,
                         key=key,
+                        retryable=False,
                     ) from exc
                 log.debug("store %s: %s %s failed (%s), retrying", self.url, op, key, exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))

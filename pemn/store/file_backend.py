@@ -181,6 +181,7 @@ class FileBackend(LockedBackend):
                         f"another writer held the write lock for more than {self._lock_timeout}s",
                         store=self.display,
                         key="lock",
+                        retryable=False,
                     ) from None
                 await asyncio.sleep(0.002 + random.random() * 0.01)
             except OSError as exc:

@@ -272,6 +272,7 @@ class S3Backend(LockedBackend):
                     f"(held by {holder})",
                     store=self.display,
                     key=key,
+                    retryable=False,
                 )
             await asyncio.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 0.05)
