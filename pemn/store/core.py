@@ -133,12 +133,8 @@ class AsyncStore:
             raise Corrupt(f"unreadable head record: {exc}", store=self.url, key=name) from None
 
     # ------------------------------------------------------------------ writes
-    async def _prepare(
-        self, name: str, data: bytes | bytearray | memoryview
-    ) -> tuple[dict[str, Any], str]:
+    async def _prepare(self, name: str, data: bytes) -> tuple[dict[str, Any], str]:
         """Size cap, then full bundle validation, then the content id: before any write."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"bundle data must be bytes, not {type(data).__name__}")
         size = len(data)
         if size > self._options.max_bundle_bytes:
             raise TooLarge(
@@ -147,7 +143,7 @@ class AsyncStore:
 
         def check() -> tuple[dict[str, Any], str]:
             try:
-                summary = self._validator(bytes(data))
+                summary = self._validator(data)
             except ValueError as exc:  # BundleError is a ValueError with .code and .field
                 raise InvalidBundle(
                     f"invalid bundle: {exc}",
@@ -189,8 +185,10 @@ class AsyncStore:
             or expected_version < 0
         ):
             raise ValueError(f"expected_version must be an integer >= 0, not {expected_version!r}")
-        summary, cid = await self._prepare(name, data)
-        blob = bytes(data)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"bundle data must be bytes, not {type(data).__name__}")
+        blob = bytes(data)  # no copy for bytes; a private copy of anything mutable
+        summary, cid = await self._prepare(name, blob)
         retain = self._options.retain
 
         async def attempt(n: int) -> PutResult:
