@@ -21,7 +21,7 @@ from pemn.bundle import InputSpec, write_bundle
 from pemn.masking import kept_count, trained_state
 from pemn.prototype import Strategy, layer_specs, normal
 
-__all__ = ["deterministic_masks", "make_bundle", "make_model_state"]
+__all__ = ["deterministic_masks", "edit_manifest", "make_bundle", "make_model_state"]
 
 
 def deterministic_masks(
@@ -91,3 +91,20 @@ def make_bundle(
 def bundle_size(n_weights: int) -> int:
     """Rough bytes of masks for ``n_weights`` (for sizing test bundles)."""
     return math.ceil(n_weights / 8)
+
+
+def edit_manifest(data: bytes, edit: Any) -> bytes:
+    """The bundle with its manifest replaced by ``edit(manifest_dict)`` (the header
+    length and padding are recomputed; tensor data is kept byte for byte)."""
+    import json
+    import struct
+
+    n = struct.unpack_from("<Q", data)[0]
+    header = json.loads(data[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"]["manifest"])
+    header["__metadata__"]["manifest"] = json.dumps(
+        edit(manifest) or manifest, sort_keys=True, separators=(",", ":")
+    )
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
