@@ -182,7 +182,9 @@ def main() -> None:
         "raw write",
         "raw read",
     ]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = (
+        f"Load average when done: {load} (a shared machine: medians move with it).\n\n"
         f"Bundle: an MLP bundle of {size:,} bytes (a new version each put; retain=10, so "
         f"old versions are dropped as in steady state). Milliseconds, median / p90 over "
         f"{n} operations each, sync API. Validation alone (`inspect_bundle`): "

@@ -249,6 +249,10 @@ class AsyncStore:
         name = self._name(name)
 
         async def attempt(n: int) -> None:
+            if n == 1 and await self._backend.read_head(name) is None:
+                # Absent now (a lock-free read): no need to take the write lock.
+                raise NotFound("no bundle with this name", store=self.url, key=name)
+
             async def decide(txn: Txn) -> bool:
                 raw = await txn.head(name)
                 if raw is None:
