@@ -195,10 +195,10 @@ def main() -> None:
         "same load. `raw write/read` is one plain write/read of the same bytes with the "
         "backend's client: the floor. A directory put makes seven fsyncs (ref marker, "
         "blob, head, epoch: file and directory); a Redis put is one WATCH/MULTI/EXEC; an "
-        "S3 put takes the lease lock, reads head and epoch, writes ref and blob, head, "
-        "epoch, deletes the dropped version's ref and blob and releases the lock: eight "
-        "round trips. moto is a Python server on loopback; against real S3 each round "
-        "trip costs tens of milliseconds."
+        "S3 put checks `lock.waiting` and takes the lease lock, reads head and epoch, "
+        "writes ref and blob, head, epoch, deletes the dropped version's ref and blob and "
+        "releases the lock: nine round trips. moto is a Python server on loopback; "
+        "against real S3 each round trip costs tens of milliseconds."
     )
     write_section(
         "store",
