@@ -115,11 +115,19 @@ class Backbone:
         self._constants = self._build_constants()
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Backbone:
-        """The backbone ``bundle`` needs (its embedded prototype when it has one)."""
+    def for_bundle(
+        cls, bundle: Bundle, device: str | torch.device = "cpu", *, use_embedded: bool = False
+    ) -> Backbone:
+        """The backbone ``bundle`` needs, generated from its seed.
+
+        A backbone is shared by every task with the same fingerprint, and the
+        fingerprint names the generator's output. An embedded prototype is checked
+        only against its own bundle's digest, so a hostile bundle could embed other
+        values under a genuine fingerprint; it is therefore used only when the caller
+        trusts the file (``use_embedded=True``, e.g. an offline tool)."""
         m = bundle.manifest
         proto = None
-        if bundle.prototype is not None:
+        if use_embedded and bundle.prototype is not None:
             proto, pos = {}, 0
             for s in bundle.layout.layers:
                 proto[s.name] = torch.from_numpy(

@@ -42,6 +42,8 @@ __all__ = [
     "arch_layout",
     "canonical_json",
     "fingerprint",
+    "manifest_schema",
+    "manifest_schema_text",
     "mask_offsets",
 ]
 
@@ -59,6 +61,10 @@ class BundleLimits:
     max_tensors: int = 8  # the format defines 3
     max_layers: int = 4096  # maskable layers of the declared architecture
     max_weights: int = 2**27  # N: the materialized network is 4N bytes
+    # values of the materialized network besides its N maskable weights: norm
+    # parameters and statistics, derived tables such as ViT positions
+    max_extra_values: int = 2**24
+    max_input_values: int = 2**22  # C * H * W of one input (export and serving allocate it)
 
 
 def canonical_json(value: Any) -> str:
@@ -176,6 +182,7 @@ class ArchLayout:
     layers: list[LayerSpec]  # maskable layers, module order
     trained: list[TensorEntry]  # state entries in storage order
     norms: dict[str, tuple[NormKind, float]]  # norm module name -> (kind, eps)
+    extra_values: int = 0  # parameter and buffer values of the network besides the N weights
 
     @property
     def n(self) -> int:
@@ -210,7 +217,10 @@ def _layout(model: nn.Module) -> ArchLayout:
             trained += [
                 TensorEntry(name=f"{name}.{leaf}", shape=shape) for leaf in ("weight", "bias")
             ]
-    return ArchLayout(layers=layer_specs(model), trained=trained, norms=norms)
+    layers = layer_specs(model)
+    total = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    n = sum(s.numel for s in layers)
+    return ArchLayout(layers=layers, trained=trained, norms=norms, extra_values=total - n)
 
 
 def mask_offsets(layers: list[LayerSpec]) -> tuple[list[int], int]:
@@ -221,3 +231,15 @@ def mask_offsets(layers: list[LayerSpec]) -> tuple[list[int], int]:
         offsets.append(pos)
         pos += (s.numel + 7) // 8
     return offsets, pos
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the manifest, generated from ``Manifest``."""
+    schema = Manifest.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def manifest_schema_text() -> str:
+    """``manifest_schema()`` as checked in at ``pemn/bundle/manifest.schema.json``
+    (regenerate with ``python -m pemn schema > pemn/bundle/manifest.schema.json``)."""
+    return json.dumps(manifest_schema(), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
