@@ -15,6 +15,9 @@ import json
 import math
 import re
 import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -37,7 +40,14 @@ from pemn.errors import InvalidParameterError
 from pemn.masking import kept_count
 from pemn.prototype import PrototypeStats, Strategy, digest, generate, stats
 
-__all__ = ["Bundle", "inspect_bundle", "read_bundle", "verify_prototype"]
+__all__ = [
+    "Bundle",
+    "forget_digests",
+    "generated_digest",
+    "inspect_bundle",
+    "read_bundle",
+    "verify_prototype",
+]
 
 _DTYPES: dict[str, tuple[str, np.dtype[Any]]] = {
     "masks": ("U8", np.dtype(np.uint8)),
@@ -66,7 +76,7 @@ class Bundle:
     def content_id(self) -> str:
         return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
 
@@ -436,9 +446,39 @@ def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) 
         raise E.NonFiniteValue("tensor 'prototype' holds NaN or infinite values", "prototype")
 
 
+# Digests of generated prototypes by backbone fingerprint. The generator's output is
+# a function of the fingerprint (architecture, full config, strategy, seed, generator),
+# so hashing it once per process is enough; embedded prototypes never enter here.
+_DIGESTS: OrderedDict[str, str] = OrderedDict()
+_DIGESTS_MAX = 4096
+_DIGESTS_LOCK = threading.Lock()
+
+
+def generated_digest(fingerprint: str, generate_weights: Callable[[], Mapping[str, Any]]) -> str:
+    """The digest of the prototype generated for ``fingerprint``; calls
+    ``generate_weights()`` and hashes its result only the first time."""
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(fingerprint)
+        if hit is not None:
+            _DIGESTS.move_to_end(fingerprint)
+            return hit
+    value = digest(generate_weights())
+    with _DIGESTS_LOCK:
+        _DIGESTS[fingerprint] = value
+        while len(_DIGESTS) > _DIGESTS_MAX:
+            _DIGESTS.popitem(last=False)
+    return value
+
+
+def forget_digests() -> None:
+    """Empty the digest cache (benchmarks of cold starts, tests)."""
+    with _DIGESTS_LOCK:
+        _DIGESTS.clear()
+
+
 def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:
     """Check the manifest's prototype digest against ``actual_digest`` (e.g. of a
-    resident backbone) or, when None, against the regenerated/embedded prototype."""
+    resident backbone) or, when None, against the embedded or generated prototype."""
     if actual_digest is None:
         if bundle.prototype is not None:
             views, pos = {}, 0
@@ -447,7 +487,9 @@ def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:
                 pos += s.numel
             actual_digest = digest(views)
         else:
-            actual_digest = digest(generate(bundle.layout.layers, bundle.strategy))
+            actual_digest = generated_digest(
+                bundle.fingerprint, lambda: generate(bundle.layout.layers, bundle.strategy)
+            )
     if actual_digest != bundle.manifest.prototype_digest:
         raise E.DigestMismatch(
             f"prototype digest {actual_digest} differs from the manifest's {bundle.manifest.prototype_digest}",
