@@ -15,6 +15,8 @@ from bytes already in memory to an eval-mode network ready to run:
   cold         ``read_bundle`` (full validation, prototype regenerated for the digest)
                + ``Backbone.for_bundle`` + ``backbone.task``; process-wide caches
                (``pemn.materialize.clear_caches``) are cleared before every run
+  cold, arch seen   the same, but only the digest cache is cleared: a new backbone
+               (seed, strategy) of an architecture and config the process has seen
   warm         ``read_bundle(verify=False)`` + ``backbone.task`` (digest compared with
                the resident backbone's), the backbone already built
 
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 from safetensors.torch import load as st_load  # noqa: E402
 from safetensors.torch import save as st_save  # noqa: E402
 
+import pemn.bundle.reader as reader  # noqa: E402
 import pemn.materialize as M  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from pemn.archs import create_model  # noqa: E402
@@ -68,6 +71,12 @@ def _clear() -> None:
     clear = getattr(M, "clear_caches", None)  # absent before the caches existed
     if clear is not None:
         clear()
+
+
+def _clear_digests() -> None:
+    forget = getattr(reader, "forget_digests", None)
+    if forget is not None:
+        forget()
 
 
 def _medians(
@@ -158,6 +167,7 @@ def run(repeats: int) -> list[dict[str, Any]]:
                     "dense_st": (dense_st, None),
                     "dense_pt": (dense_pt, None),
                     "cold": (cold, _clear),
+                    "cold_seen": (cold, _clear_digests),
                     "warm": (warm, None),
                     "validate": (lambda data=data: read_bundle(data, verify=False), None),
                     "generate": (lambda b=bundle: generate(b.layout.layers, b.strategy), None),
@@ -222,8 +232,10 @@ def render(
             "dense st",
             "dense pt",
             "cold",
+            "cold, arch seen",
             "warm",
             "cold / dense st",
+            "cold, arch seen / dense st",
             "warm / dense st",
         ],
         [
@@ -233,8 +245,10 @@ def render(
                 _ms(r["dense_st"]),
                 _ms(r["dense_pt"]),
                 _ms(r["cold"]),
+                _ms(r["cold_seen"]),
                 _ms(r["warm"]),
                 f"{r['cold'] / r['dense_st']:.2f}",
+                f"{r['cold_seen'] / r['dense_st']:.2f}",
                 f"{r['warm'] / r['dense_st']:.2f}",
             ]
             for r in rows
@@ -275,31 +289,47 @@ def render(
     )
     if baseline:
         old = {(r["model"], r["strategy"]): r for r in baseline}
+        pairs = [
+            (old[(r["model"], r["strategy"])], r)
+            for r in rows
+            if (r["model"], r["strategy"]) in old
+        ]
         cmp = table(
             [
                 "model",
                 "strategy",
-                "cold before",
-                "cold after",
-                "warm before",
-                "warm after",
-                "dense st (before / after run)",
+                "cold / dense st, before",
+                "after",
+                "warm / dense st, before",
+                "after",
+                "cold ms, before",
+                "after",
+                "warm ms, before",
+                "after",
             ],
             [
                 [
                     r["model"],
                     r["strategy"],
-                    _ms(old[(r["model"], r["strategy"])]["cold"]),
+                    f"{o['cold'] / o['dense_st']:.2f}",
+                    f"{r['cold'] / r['dense_st']:.2f}",
+                    f"{o['warm'] / o['dense_st']:.2f}",
+                    f"{r['warm'] / r['dense_st']:.2f}",
+                    _ms(o["cold"]),
                     _ms(r["cold"]),
-                    _ms(old[(r["model"], r["strategy"])]["warm"]),
+                    _ms(o["warm"]),
                     _ms(r["warm"]),
-                    f"{_ms(old[(r['model'], r['strategy'])]['dense_st'])} / {_ms(r['dense_st'])}",
                 ]
-                for r in rows
-                if (r["model"], r["strategy"]) in old
+                for o, r in pairs
             ],
         )
-        body += f"\n### Before / after the reader and materialization optimizations, ms\n\nBefore: `{baseline_name}`.\n\n{cmp}\n"
+        body += (
+            "\n### Before / after the reader and materialization optimizations\n\n"
+            f"Before: the same script on the code before them (commit 19c5eab), figures in "
+            f"`{baseline_name}`. Both runs shared the machine with a training sweep; "
+            "compare the ratios, which are measured against the dense load interleaved in the same run.\n\n"
+            f"{cmp}\n"
+        )
     return body
 
 
@@ -322,7 +352,7 @@ def main() -> None:
     if args.save_json:
         args.save_json.write_text(json.dumps(rows, indent=1) + "\n")
     baseline = json.loads(args.compare.read_text()) if args.compare else None
-    name = str(args.compare.relative_to(ROOT)) if args.compare else ""
+    name = str(args.compare.resolve().relative_to(ROOT)) if args.compare else ""
     body = render(rows, baseline, name)
     command = f"python bench/bench_bundle.py --repeats {args.repeats} --threads {args.threads}" + (
         f" --compare {name}" if args.compare else ""

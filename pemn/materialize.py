@@ -115,6 +115,9 @@ class Task:
         return self.module(x.to(self.device, torch.float32))
 
 
+_CONTAINERS = (dict, set, list)
+
+
 def _clone_structure(module: nn.Module) -> nn.Module:
     """A copy of ``module``'s tree that shares tensors and immutable attributes but
     has its own containers (parameters, buffers, submodules, hooks, sets), so that
@@ -122,9 +125,10 @@ def _clone_structure(module: nn.Module) -> nn.Module:
     ``copy.deepcopy`` of a module, which copies every attribute through the
     generic deepcopy machinery."""
     new = module.__class__.__new__(module.__class__)
-    state = {
-        k: v.copy() if isinstance(v, dict | set | list) else v for k, v in module.__dict__.items()
-    }
+    state = module.__dict__.copy()
+    for key, value in state.items():
+        if isinstance(value, _CONTAINERS):
+            state[key] = value.copy()
     state["_modules"] = {
         k: None if m is None else _clone_structure(m) for k, m in module._modules.items()
     }

@@ -1,11 +1,14 @@
-"""The validating bundle reader.
+"""The validating bundle reader (docs/bundle-format.md, section 13).
 
 Untrusted bytes are checked in an order that never allocates more than the caps
-allow: total size, header length, header JSON, manifest, architecture (built on
-the meta device, so declared sizes cost nothing), tensor table (dtypes, shapes,
-offsets, no holes, no trailing bytes), then the data itself (mask popcounts,
-padding bits, finite trained values) through zero-copy views, and finally the
-prototype digest. Every failure raises its own ``BundleError`` subclass.
+allow: total size, header length, header JSON (strict: no duplicate keys, no
+NaN, bounded numbers and nesting), manifest, architecture (built on the meta
+device, so declared sizes cost nothing; layouts are cached per config), tensor
+table (dtypes, shapes, offsets, no holes, no trailing bytes), then the data
+itself (mask padding bits and popcounts, finite trained values) through
+zero-copy views, and finally the prototype digest (cached per backbone
+fingerprint for generated prototypes). Every failure raises its own
+``BundleError`` subclass.
 """
 
 from __future__ import annotations
