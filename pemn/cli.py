@@ -1,7 +1,10 @@
 """``python -m pemn``: command-line tools of the core library.
 
 stats     N, M, U and the paper's compression of an architecture under a strategy
-inspect   summary of a bundle; verify: validate one; export: ONNX with a parity check
+inspect   summary of a bundle (validates it)
+verify    full validation of a bundle: exit 0 when valid, 1 with the error code when not
+export    a bundle as ONNX, checked against PyTorch
+schema    the JSON Schema of the bundle manifest
 publish   upload bundle files (or directories of *.pemn) into a store
 rollback  make an earlier version of a model its latest again
 """
@@ -9,10 +12,12 @@ rollback  make an earlier version of a model its latest again
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +158,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new
+    one, never a partial file: a temporary file in the same directory, fsync, rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -166,12 +191,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = export_onnx(module, shape)  # type: ignore[arg-type]
     x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0))
     diff = onnx_parity(module, model, x)
-    tmp = args.output + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model)
-    os.replace(tmp, args.output)
+    if not diff <= args.tolerance:
+        print(
+            f"error: max |onnxruntime - torch| = {diff:.3g} exceeds the tolerance "
+            f"{args.tolerance:g}; {args.output} not written",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        _write_atomic(args.output, model)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write {args.output}: {exc.strerror}") from None
     print(f"wrote {args.output} ({len(model):,} bytes); max |onnxruntime - torch| = {diff:.3g}")
-    return 0 if diff <= args.tolerance else 1
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from pemn.bundle.spec import manifest_schema_text
+
+    sys.stdout.write(manifest_schema_text())
+    return 0
 
 
 def _bundle_files(paths: Sequence[str]) -> list[Path]:
@@ -283,13 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="bundle file (.pemn)")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("export", help="export a bundle to ONNX and check it against PyTorch")
+    p = sub.add_parser(
+        "export",
+        help="export a bundle to ONNX; written (atomically) only if ONNX Runtime matches PyTorch",
+    )
     p.add_argument("file", help="bundle file (.pemn)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument(
         "--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| (default 1e-4)"
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the bundle manifest")
+    p.set_defaults(func=_cmd_schema)
 
     store_help = "store URL: file:///dir, redis://host:port/db?prefix=p, s3://bucket/prefix (default: $PEMN_STORE_URL)"
     wait_help = "keep retrying this many seconds while the store is unreachable (default 0)"

@@ -12,7 +12,8 @@ weights; the backbone's fixed weights and constants are shared.
 
 from __future__ import annotations
 
-import copy
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +24,30 @@ from torch import nn
 
 from pemn.archs import create_model, resolve_config
 from pemn.bundle import errors as E
-from pemn.bundle.reader import Bundle, verify_prototype
-from pemn.bundle.spec import ArchLayout, InputSpec, arch_layout, fingerprint, mask_offsets
+from pemn.bundle.reader import Bundle, forget_digests, generated_digest, verify_prototype
+from pemn.bundle.spec import (
+    ArchLayout,
+    InputSpec,
+    arch_layout,
+    canonical_json,
+    clear_layout_cache,
+    fingerprint,
+    mask_offsets,
+    meta_model,
+)
 from pemn.prototype import Strategy, digest, generate
 
-__all__ = ["Backbone", "Normalize", "Task", "materialize", "resolve_device", "unpack_bits"]
+__all__ = [
+    "Backbone",
+    "Normalize",
+    "Task",
+    "clear_caches",
+    "materialize",
+    "resolve_device",
+    "unpack_bits",
+]
+
+_NORM_LEAF = {"scale": "weight", "shift": "bias"}  # folded BatchNorm -> module parameter
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -62,10 +82,20 @@ class _Net(nn.Module):
         return self.net(self.normalize(x))
 
 
+_BIT_TABLE = torch.tensor([[(i >> j) & 1 for j in range(8)] for i in range(256)], dtype=torch.bool)
+
+
 def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (n,) -> bool (8n,), least significant bit first, on ``packed``'s device."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(1) >> shifts) & 1).view(-1).bool()
+    """uint8 (n,) -> bool (8n,), least significant bit first, on ``packed``'s device
+    (numpy's ``unpackbits`` on the CPU, a 256-entry table lookup elsewhere)."""
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.contiguous().numpy(), bitorder="little")
+        return torch.from_numpy(bits.view(np.bool_))
+    return _unpack_by_table(packed)
+
+
+def _unpack_by_table(packed: torch.Tensor) -> torch.Tensor:
+    return _BIT_TABLE.to(packed.device).index_select(0, packed.int()).view(-1)
 
 
 @dataclass
@@ -85,6 +115,89 @@ class Task:
         return self.module(x.to(self.device, torch.float32))
 
 
+_CONTAINERS = (dict, set, list)
+
+
+def _clone_structure(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree that shares tensors and immutable attributes but
+    has its own containers (parameters, buffers, submodules, hooks, sets), so that
+    assigning a tensor to the copy never touches ``module``. Much cheaper than
+    ``copy.deepcopy`` of a module, which copies every attribute through the
+    generic deepcopy machinery."""
+    new = module.__class__.__new__(module.__class__)
+    state = module.__dict__.copy()
+    for key, value in state.items():
+        if isinstance(value, _CONTAINERS):
+            state[key] = value.copy()
+    state["_modules"] = {
+        k: None if m is None else _clone_structure(m) for k, m in module._modules.items()
+    }
+    new.__dict__.update(state)
+    return new
+
+
+@functools.lru_cache(maxsize=16)
+def _cpu_parts(arch: str, config_json: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Per (architecture, config), built once: the eval-mode module tree on the meta
+    device with folded BatchNorms (eps 0), and the CPU buffers every task of every
+    backbone shares: BatchNorm statistics (0 and 1 after folding) and counters, made
+    from their shapes, and derived tables such as ViT positions, taken from one real
+    instance (built only for architectures that have such buffers)."""
+    config = json.loads(config_json)
+    layout = arch_layout(arch, config)
+    template = _clone_structure(meta_model(arch, config)).eval()
+    constants: dict[str, torch.Tensor] = {}
+    real: nn.Module | None = None
+    for module_name, module in template.named_modules():
+        for leaf, buf in module._buffers.items():
+            if buf is None:
+                continue
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            kind = layout.norms.get(module_name, (None, 0.0))[0]
+            if kind == "batchnorm" and leaf in ("running_mean", "running_var"):
+                fill = 0.0 if leaf == "running_mean" else 1.0
+                constants[name] = torch.full(buf.shape, fill, dtype=buf.dtype)
+            elif kind == "batchnorm" and leaf == "num_batches_tracked":
+                constants[name] = torch.zeros(buf.shape, dtype=buf.dtype)
+            elif leaf in module._non_persistent_buffers_set:  # derived: compute it for real
+                if real is None:
+                    real = create_model(arch, **config)
+                constants[name] = real.get_buffer(name)
+    # norms are stored folded (see bundle spec): BatchNorm runs with mean 0, var 1, eps 0
+    for name, (kind, _) in layout.norms.items():
+        if kind == "batchnorm":
+            template.get_submodule(name).eps = 0.0  # type: ignore[assignment]
+    return template, constants
+
+
+def clear_caches() -> None:
+    """Drop the process-wide caches of architecture layouts, module templates and
+    prototype digests (for benchmarks of cold starts and for tests)."""
+    _cpu_parts.cache_clear()
+    clear_layout_cache()
+    forget_digests()
+
+
+def _to_device(
+    tensors: Mapping[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``tensors`` on ``device``, keeping shared memory shared: each underlying storage
+    is moved once and the tensors are re-made as views of it (mp and rp layers are
+    prefixes of one vector, one_layer layers repeat)."""
+    moved: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in tensors.items():
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in moved:
+            flat = torch.empty(0, dtype=t.dtype).set_(
+                storage, 0, (storage.nbytes() // t.element_size(),), (1,)
+            )
+            moved[key] = flat.to(device)
+        out[name] = moved[key].as_strided(t.shape, t.stride(), t.storage_offset())
+    return out
+
+
 class Backbone:
     """Fixed weights of one fingerprint on one device, shared by every task on it."""
 
@@ -102,24 +215,43 @@ class Backbone:
         self.device = resolve_device(device)
         self.fingerprint = fingerprint(arch, self.config, strategy)
         self.layout: ArchLayout = arch_layout(arch, self.config)
-        cpu = dict(prototype) if prototype is not None else generate(self.layout.layers, strategy)
-        self.digest = digest(cpu)
-        self.fixed = {k: v.to(self.device) for k, v in cpu.items()}
+        if prototype is not None:
+            cpu = dict(prototype)
+            self.digest = digest(cpu)
+        else:
+            cpu = generate(self.layout.layers, strategy)
+            # the generator's output is a function of the fingerprint: hash it once per process
+            self.digest = generated_digest(self.fingerprint, lambda: cpu)
+        self.fixed = _to_device(cpu, self.device)
         self._offsets, _ = mask_offsets(self.layout.layers)
-        with torch.device("meta"):
-            self._template = create_model(arch, **self.config).eval()
-        # norms are stored folded (see bundle spec): BatchNorm runs with mean 0, var 1, eps 0
-        for name, (kind, _) in self.layout.norms.items():
-            if kind == "batchnorm":
-                self._template.get_submodule(name).eps = 0.0  # type: ignore[assignment]
-        self._constants = self._build_constants()
+        template, constants = _cpu_parts(arch, canonical_json(self.config))
+        self._template = template
+        self._constants = {k: v.to(self.device) for k, v in constants.items()}
+        # where each tensor of a task goes: (module path, leaf, source)
+        params = {n for n, _ in template.named_parameters()}
+        buffers = {n for n, _ in template.named_buffers()}
+        weight_keys = {f"{s.name}.weight" for s in self.layout.layers}
+        norm_keys = {
+            f"{e.name.rpartition('.')[0]}.{_NORM_LEAF.get(e.name.rpartition('.')[2], e.name.rpartition('.')[2])}"
+            for e in self.layout.trained
+        }
+        if params != weight_keys | norm_keys or buffers != set(self._constants):
+            raise RuntimeError(f"{arch}: the bundle layout does not cover the module's tensors")
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Backbone:
-        """The backbone ``bundle`` needs (its embedded prototype when it has one)."""
+    def for_bundle(
+        cls, bundle: Bundle, device: str | torch.device = "cpu", *, use_embedded: bool = False
+    ) -> Backbone:
+        """The backbone ``bundle`` needs, generated from its seed.
+
+        A backbone is shared by every task with the same fingerprint, and the
+        fingerprint names the generator's output. An embedded prototype is checked
+        only against its own bundle's digest, so a hostile bundle could embed other
+        values under a genuine fingerprint; it is therefore used only when the caller
+        trusts the file (``use_embedded=True``, e.g. an offline tool)."""
         m = bundle.manifest
         proto = None
-        if bundle.prototype is not None:
+        if use_embedded and bundle.prototype is not None:
             proto, pos = {}, 0
             for s in bundle.layout.layers:
                 proto[s.name] = torch.from_numpy(
@@ -130,35 +262,16 @@ class Backbone:
 
     @property
     def nbytes(self) -> int:
-        return sum(w.numel() * w.element_size() for w in self.fixed.values())
+        """Bytes of fixed weights on the device (layers that share memory count once)."""
+        storages = {
+            w.untyped_storage().data_ptr(): w.untyped_storage().nbytes()
+            for w in self.fixed.values()
+        }
+        return sum(storages.values())
 
-    def _build_constants(self) -> dict[str, torch.Tensor]:
-        """Buffers every task shares: BatchNorm statistics (0 and 1 after folding),
-        counters, and derived tables (e.g. ViT positions), computed once on a real
-        CPU instance and moved to the device."""
-        state_keys = set(self._template.state_dict())
-        real = create_model(self.arch, **self.config)
-        out: dict[str, torch.Tensor] = {}
-        for name, buf in real.named_buffers():
-            module_name, _, leaf = name.rpartition(".")
-            if module_name in self.layout.norms and leaf == "running_mean":
-                buf = torch.zeros_like(buf)
-            elif module_name in self.layout.norms and leaf == "running_var":
-                buf = torch.ones_like(buf)
-            elif name in state_keys and leaf != "num_batches_tracked":
-                continue
-            out[name] = buf.to(self.device)
-        return out
-
-    def task(self, bundle: Bundle, *, verify: bool = True) -> Task:
-        """Materialize ``bundle`` over this backbone. With ``verify`` the manifest's
-        prototype digest must equal this backbone's."""
-        if bundle.fingerprint != self.fingerprint:
-            raise ValueError(
-                f"bundle backbone {bundle.fingerprint} is not this backbone {self.fingerprint}"
-            )
-        if verify:
-            verify_prototype(bundle, self.digest)
+    def weights(self, bundle: Bundle) -> dict[str, torch.Tensor]:
+        """The task's own tensors by state-dict key: every maskable weight as
+        ``fixed * mask`` and the norms' values (views of one state tensor)."""
         packed = torch.from_numpy(np.array(bundle.masks)).to(self.device, non_blocking=True)
         bits = unpack_bits(packed)
         weights: dict[str, torch.Tensor] = {}
@@ -169,14 +282,36 @@ class Backbone:
         pos = 0
         for e in self.layout.trained:
             module_name, _, leaf = e.name.rpartition(".")
-            key = {"scale": "weight", "shift": "bias"}.get(leaf, leaf)
-            weights[f"{module_name}.{key}"] = state[pos : pos + e.numel].view(e.shape)
+            weights[f"{module_name}.{_NORM_LEAF.get(leaf, leaf)}"] = state[
+                pos : pos + e.numel
+            ].view(e.shape)
             pos += e.numel
-        net = copy.deepcopy(self._template)
-        net.load_state_dict({**weights, **self._persistent_constants()}, strict=True, assign=True)
-        for name, buf in self._constants.items():
-            module_name, _, leaf = name.rpartition(".")
-            (net.get_submodule(module_name) if module_name else net)._buffers[leaf] = buf
+        return weights
+
+    def module(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+        """An eval-mode network: a copy of the template's structure holding
+        ``weights`` as frozen parameters and the backbone's shared buffers."""
+        net = _clone_structure(self._template)
+        modules = dict(net.named_modules())
+        for key, tensor in weights.items():
+            module_name, _, leaf = key.rpartition(".")
+            modules[module_name]._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+        for key, buf in self._constants.items():
+            module_name, _, leaf = key.rpartition(".")
+            modules[module_name]._buffers[leaf] = buf
+        return net
+
+    def task(self, bundle: Bundle, *, verify: bool = True) -> Task:
+        """Materialize ``bundle`` over this backbone. With ``verify`` the manifest's
+        prototype digest must equal this backbone's."""
+        if bundle.fingerprint != self.fingerprint:
+            raise ValueError(
+                f"bundle backbone {bundle.fingerprint} is not this backbone {self.fingerprint}"
+            )
+        if verify:
+            verify_prototype(bundle, self.digest)
+        weights = self.weights(bundle)
+        net = self.module(weights)
         m = bundle.manifest
         normalize = Normalize(m.input.mean, m.input.std).to(self.device)
         module = _Net(normalize, net).eval().requires_grad_(False)
@@ -184,10 +319,6 @@ class Backbone:
         return Task(
             module, self.fingerprint, bundle.content_id, list(m.labels), m.input, own, self.device
         )
-
-    def _persistent_constants(self) -> dict[str, torch.Tensor]:
-        keys = set(self._template.state_dict())
-        return {k: v for k, v in self._constants.items() if k in keys}
 
 
 def materialize(

@@ -76,21 +76,49 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def normal(seed: int, stream: int, n: int) -> np.ndarray:
-    """``n`` standard normal float64 values of stream ``stream`` (see module doc)."""
+_CHUNK = 1 << 16  # pairs per step: bounds the temporaries whatever n is
+
+
+def _key(seed: int, stream: int) -> np.ndarray:
     with np.errstate(over="ignore"):
-        key = _mix64(_mix64(np.array([seed], dtype=np.uint64)) + np.uint64(stream))
-        pairs = (n + 1) // 2
-        i = np.arange(1, 2 * pairs + 1, dtype=np.uint64)
+        return _mix64(_mix64(np.array([seed], dtype=np.uint64)) + np.uint64(stream))
+
+
+def _pairs(key: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """z_{2 start} .. z_{2 stop - 1} (float64): pairs ``start`` to ``stop - 1``."""
+    with np.errstate(over="ignore"):
+        i = np.arange(2 * start + 1, 2 * stop + 1, dtype=np.uint64)
         x = _mix64(key + i * _GAMMA)
     u1 = ((x[0::2] >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53
     u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53
     r = np.sqrt(-2.0 * np.log(u1))
     theta = 2.0 * math.pi * u2
-    out = np.empty(2 * pairs, dtype=np.float64)
+    out = np.empty(2 * (stop - start), dtype=np.float64)
     out[0::2] = r * np.cos(theta)
     out[1::2] = r * np.sin(theta)
+    return out
+
+
+def normal(seed: int, stream: int, n: int) -> np.ndarray:
+    """``n`` standard normal float64 values of stream ``stream`` (see module doc)."""
+    key = _key(seed, stream)
+    pairs = (n + 1) // 2
+    out = np.empty(2 * pairs, dtype=np.float64)
+    for a in range(0, pairs, _CHUNK):
+        b = min(a + _CHUNK, pairs)
+        out[2 * a : 2 * b] = _pairs(key, a, b)
     return out[:n]
+
+
+def _normal_f32(seed: int, stream: int, n: int, std: float) -> np.ndarray:
+    """``float32(normal(seed, stream, n) * std)`` without the float64 array of n values."""
+    key = _key(seed, stream)
+    out = np.empty(n, dtype=np.float32)
+    for a in range(0, (n + 1) // 2, _CHUNK):
+        b = min(a + _CHUNK, (n + 1) // 2)
+        z = _pairs(key, a, b)[: n - 2 * a]
+        out[2 * a : 2 * a + len(z)] = (z * std).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -225,30 +253,46 @@ def _as_f32(values: np.ndarray, std: float, shape: tuple[int, ...]) -> torch.Ten
 
 
 def generate(specs: Sequence[LayerSpec], strategy: Strategy) -> dict[str, torch.Tensor]:
-    """The fixed weights ``{layer name: float32 CPU tensor}`` of ``strategy``."""
+    """The fixed weights ``{layer name: float32 CPU tensor}`` of ``strategy``.
+
+    Tensors may share memory and are to be treated as read-only: ``one_layer``
+    repeats one tensor per shape, and with scale ``paper`` every ``mp``/``rp`` layer
+    is a view of the first ``n_l`` values of one vector of M values (so the
+    prototype takes 4M bytes, not 4N)."""
     _check_specs(specs)
     seed = strategy.seed
     out: dict[str, torch.Tensor] = {}
     if strategy.name == "mask":
         for i, s in enumerate(specs):
-            out[s.name] = _as_f32(normal(seed, i, s.numel), _std(s.fan_in), s.shape)
+            out[s.name] = _tensor(_normal_f32(seed, i, s.numel, _std(s.fan_in)), s.shape)
     elif strategy.name == "one_layer":
         first: dict[tuple[int, ...], torch.Tensor] = {}
         for i, s in enumerate(specs):
             if s.shape not in first:
-                first[s.shape] = _as_f32(normal(seed, i, s.numel), _std(s.fan_in), s.shape)
+                first[s.shape] = _tensor(_normal_f32(seed, i, s.numel, _std(s.fan_in)), s.shape)
             out[s.name] = first[s.shape]
     else:
         j = _max_layer(specs)
         big = specs[j]
         u = big.numel if strategy.name == "mp" else _rp_unique(strategy.ratio or 1.0, big.numel)
-        base = normal(seed, j, u)
-        if u < big.numel:
-            base = np.resize(base, big.numel)  # periodic tiling
-        for s in specs:
-            std = _std(s.fan_in if strategy.scale == "fan_in" else big.fan_in)
-            out[s.name] = _as_f32(base[: s.numel], std, s.shape)
+        if strategy.scale == "paper":  # one std: round once, then tile and slice
+            vec = _normal_f32(seed, j, u, _std(big.fan_in))
+            if u < big.numel:
+                vec = np.resize(vec, big.numel)  # periodic tiling
+            full = torch.from_numpy(vec)
+            for s in specs:
+                out[s.name] = full[: s.numel].view(s.shape)
+        else:  # fan_in: the same z, each layer with its own std
+            base = normal(seed, j, u)
+            if u < big.numel:
+                base = np.resize(base, big.numel)
+            for s in specs:
+                out[s.name] = _as_f32(base[: s.numel], _std(s.fan_in), s.shape)
     return out
+
+
+def _tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(values.reshape(shape))
 
 
 def digest(weights: Mapping[str, torch.Tensor | np.ndarray]) -> str:

@@ -136,7 +136,7 @@ class ServiceState:
                 except StoreError as exc:
                     log.warning("store sync after epoch %d failed: %s", epoch, exc)
         finally:
-            await epochs.aclose()  # type: ignore[attr-defined]  # releases the pub/sub subscription
+            await epochs.aclose()  # releases the pub/sub subscription
 
     async def _poll(self) -> None:
         """Polling only (``PEMN_STORE_HINTS=false``): the fallback when hints are lost."""

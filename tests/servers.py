@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 __all__ = ["MotoServer", "RedisServer", "ServerError", "free_port", "redis_answers"]
 
@@ -100,9 +101,19 @@ class _Process:
         self.stop()
         raise ServerError(f"{self.what} did not answer within {timeout}s:\n{_tail(self.log)}")
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -115,7 +126,7 @@ class _Process:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,11 +134,16 @@ class _Process:
 
 
 class RedisServer(_Process):
-    """``redis-server --port <free> --bind 127.0.0.1 --save '' --appendonly no``."""
+    """``redis-server --port <free> --bind 127.0.0.1 --save '' --appendonly no``.
+
+    With ``persist=True`` it keeps an append-only file fsynced on every write
+    instead, so that ``stop()`` then ``start()`` finds the same data."""
 
     what = "redis-server"
 
-    def __init__(self, port: int | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int | None = None, *, persist: bool = False, timeout: float = 10.0
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerError(
@@ -136,6 +152,7 @@ class RedisServer(_Process):
             )
         self.binary = binary
         self.port = port or free_port()
+        self.persist = persist
         self.timeout = timeout
         super().__init__()
         self.start()
@@ -148,12 +165,15 @@ class RedisServer(_Process):
         return redis_answers("127.0.0.1", self.port, timeout=0.2)
 
     def start(self) -> None:
-        """(Re)start on the same port, with an empty data set."""
+        """(Re)start on the same port (empty unless ``persist``)."""
         if self.proc is not None and self.proc.poll() is None:
             return
-        # A restarted server must not find anything from before: no dump, no AOF.
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        argv += ["--save", "", "--dir", str(self.dir)]
+        if self.persist:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
         argv += ["--protected-mode", "yes", "--loglevel", "warning"]
         self._spawn(argv)
         self._wait(self.timeout)

@@ -34,14 +34,27 @@ __all__ = [
 ]
 
 
+_MAX_MESSAGE = 400  # characters; a hostile name or number never makes a long message
+
+
+def _one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """``text`` with every non-printable character (newlines, controls, unpaired
+    surrogates) escaped, clipped to ``limit`` characters: safe to log and print."""
+    out = "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text[: limit + 1]
+    )
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 class BundleError(ValueError):
     """Base of every bundle failure."""
 
     code = "bundle.invalid"
 
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(_one_line(message))
+        self.field = None if field is None else _one_line(field, 200)
 
 
 class BundleTooLarge(BundleError):

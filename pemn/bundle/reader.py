@@ -1,11 +1,14 @@
-"""The validating bundle reader.
+"""The validating bundle reader (docs/bundle-format.md, section 13).
 
 Untrusted bytes are checked in an order that never allocates more than the caps
-allow: total size, header length, header JSON, manifest, architecture (built on
-the meta device, so declared sizes cost nothing), tensor table (dtypes, shapes,
-offsets, no holes, no trailing bytes), then the data itself (mask popcounts,
-padding bits, finite trained values) through zero-copy views, and finally the
-prototype digest. Every failure raises its own ``BundleError`` subclass.
+allow: total size, header length, header JSON (strict: no duplicate keys, no
+NaN, bounded numbers and nesting), manifest, architecture (built on the meta
+device, so declared sizes cost nothing; layouts are cached per config), tensor
+table (dtypes, shapes, offsets, no holes, no trailing bytes), then the data
+itself (mask padding bits and popcounts, finite trained values) through
+zero-copy views, and finally the prototype digest (cached per backbone
+fingerprint for generated prototypes). Every failure raises its own
+``BundleError`` subclass.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -36,7 +43,14 @@ from pemn.errors import InvalidParameterError
 from pemn.masking import kept_count
 from pemn.prototype import PrototypeStats, Strategy, digest, generate, stats
 
-__all__ = ["Bundle", "inspect_bundle", "read_bundle", "verify_prototype"]
+__all__ = [
+    "Bundle",
+    "forget_digests",
+    "generated_digest",
+    "inspect_bundle",
+    "read_bundle",
+    "verify_prototype",
+]
 
 _DTYPES: dict[str, tuple[str, np.dtype[Any]]] = {
     "masks": ("U8", np.dtype(np.uint8)),
@@ -65,7 +79,7 @@ class Bundle:
     def content_id(self) -> str:
         return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
 
@@ -90,6 +104,64 @@ class Bundle:
         return out
 
 
+class _BadJSON(Exception):
+    """Why a JSON text breaks the format's JSON rules (see _strict_json)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadJSON(f"duplicate key {key[:64]!r}")
+            seen.add(key)
+    return out
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadJSON(f"number {text[:20]} is out of the float64 range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadJSON(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_float=_finite_float, parse_constant=_no_constant
+)
+
+
+def _strict_json(text: str, *, padded: bool = False) -> Any:
+    """Parse RFC 8259 JSON more strictly than ``json.loads``: no duplicate keys, no
+    NaN/Infinity, finite numbers, integers of at most 4300 digits, nesting within
+    the interpreter's recursion limit, no unpaired surrogate escapes. ``padded``:
+    the text is one value followed only by spaces (0x20), the header's padding."""
+    try:
+        if padded:
+            value, end = _DECODER.raw_decode(text)
+            if text[end:].strip(" "):
+                raise _BadJSON(f"non-space bytes follow the JSON value at offset {end}")
+        else:
+            value = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise _BadJSON(f"{exc.msg} at offset {exc.pos}") from None
+    except RecursionError:
+        raise _BadJSON("nested too deeply") from None
+    except ValueError:  # int() of more than 4300 digits
+        raise _BadJSON("a number has too many digits") from None
+    try:  # an unpaired surrogate escape (e.g. "\ud800") decodes but cannot be encoded
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _BadJSON("a string holds an unpaired surrogate escape") from None
+    except RecursionError:
+        raise _BadJSON("nested too deeply") from None
+    return value
+
+
 def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
     if len(data) > limits.max_file_bytes:
         raise E.BundleTooLarge(
@@ -104,15 +176,36 @@ def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
         )
     if 8 + n > len(data):
         raise E.Truncated(f"header declares {n} bytes but only {len(data) - 8} follow", "header")
+    raw = data[8 : 8 + n]
+    if not raw.startswith(b"{"):
+        raise E.HeaderInvalid("header does not start with '{'", "header")
     try:
-        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        header = _strict_json(raw.decode("utf-8"), padded=True)
+    except UnicodeDecodeError as exc:
         raise E.HeaderInvalid(
-            f"header is not valid UTF-8 JSON ({exc.__class__.__name__})", "header"
+            f"header is not valid UTF-8 (byte {8 + exc.start} of the file)", "header"
         ) from None
+    except _BadJSON as exc:
+        raise E.HeaderInvalid(f"header is not valid JSON: {exc}", "header") from None
     if not isinstance(header, dict):
         raise E.HeaderInvalid("header is not a JSON object", "header")
     return header, 8 + n
+
+
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})", re.ASCII)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a dotted path: ``layers.3.shape``, ``metrics['a b']``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", part, re.ASCII):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part[:64]!r}]"
+    return out or "manifest"
 
 
 def _manifest(header: dict[str, Any]) -> Manifest:
@@ -128,15 +221,18 @@ def _manifest(header: dict[str, Any]) -> Manifest:
     if "manifest" not in meta:
         raise E.NotABundle("metadata has no manifest", "__metadata__.manifest")
     try:
-        doc = json.loads(meta["manifest"])
-    except (json.JSONDecodeError, RecursionError):
-        raise E.ManifestNotJSON("metadata manifest is not valid JSON", "manifest") from None
+        doc = _strict_json(meta["manifest"])
+    except _BadJSON as exc:
+        raise E.ManifestNotJSON(f"metadata manifest is not valid JSON: {exc}", "manifest") from None
     if not isinstance(doc, dict):
         raise E.ManifestNotJSON("metadata manifest is not a JSON object", "manifest")
     version = doc.get("format_version")
-    if not isinstance(version, str) or not version.partition(".")[0].isdigit():
-        raise E.ManifestInvalid(f"format_version {version!r} is not MAJOR.MINOR", "format_version")
-    if int(version.partition(".")[0]) != MAJOR_VERSION:
+    match = _VERSION.fullmatch(version) if isinstance(version, str) else None
+    if match is None:
+        raise E.ManifestInvalid(
+            f"manifest format_version {version!r} is not MAJOR.MINOR", "format_version"
+        )
+    if int(match[1]) != MAJOR_VERSION:
         raise E.UnsupportedVersion(
             f"format_version {version} is not supported (this reader reads {MAJOR_VERSION}.x)",
             "format_version",
@@ -145,7 +241,7 @@ def _manifest(header: dict[str, Any]) -> Manifest:
         return Manifest.model_validate_json(meta["manifest"])
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        where = _location(tuple(err["loc"]))
         raise E.ManifestInvalid(f"manifest field {where}: {err['msg']}", where) from None
 
 
@@ -159,8 +255,13 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
         config = resolve_config(m.arch.name, **m.arch.config)
         strategy = m.strategy.to_strategy()
     except InvalidParameterError as exc:
-        where = "strategy" if exc.param in ("strategy", "seed", "ratio", "scale") else "arch.config"
-        raise E.ManifestInvalid(f"manifest {where}: {exc}", f"{where}.{exc.param}") from None
+        if exc.param in ("strategy", "seed", "ratio", "scale"):
+            where = "strategy." + ("name" if exc.param == "strategy" else exc.param)
+        elif exc.param.endswith(" config key"):  # a key the architecture does not take
+            where = f"arch.config[{str(exc.value)[:64]!r}]"
+        else:
+            where = f"arch.config.{exc.param}"
+        raise E.ManifestInvalid(f"manifest {where}: {exc}", where) from None
     if len(m.layers) > limits.max_layers:
         raise E.ModelTooLarge(
             f"{len(m.layers)} layers exceed the {limits.max_layers}-layer limit", "layers"
@@ -170,16 +271,32 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
         raise E.ModelTooLarge(
             f"{declared_n} weights exceed the {limits.max_weights}-weight limit", "layers"
         )
+    input_values = config["in_channels"] * config["image_size"] ** 2
+    if input_values > limits.max_input_values:
+        raise E.ModelTooLarge(
+            f"arch.config in_channels={config['in_channels']} and image_size={config['image_size']} "
+            f"make inputs of {input_values} values, above the {limits.max_input_values}-value limit",
+            "arch.config.image_size",
+        )
     try:
         layout = arch_layout(m.arch.name, config)
-    except (ValueError, RuntimeError) as exc:  # e.g. a config too small for its own kernels
+    except (ValueError, RuntimeError, TypeError, OverflowError) as exc:
+        # e.g. a kernel larger than the image, or sizes whose product overflows int64
+        reason = str(exc).partition("\n")[0]
         raise E.ManifestInvalid(
-            f"manifest arch.config cannot be built: {exc}", "arch.config"
+            f"manifest arch.config cannot be built ({exc.__class__.__name__}: {reason})",
+            "arch.config",
         ) from None
     if len(layout.layers) > limits.max_layers or layout.n > limits.max_weights:
         raise E.ModelTooLarge(
             f"architecture has {layout.n} weights in {len(layout.layers)} layers, above the limits",
-            "arch",
+            "arch.config",
+        )
+    if layout.extra_values > limits.max_extra_values:
+        raise E.ModelTooLarge(
+            f"architecture has {layout.extra_values} values besides its weights (norms, "
+            f"buffers), above the {limits.max_extra_values}-value limit",
+            "arch.config",
         )
     expected = [(s.name, list(s.shape)) for s in layout.layers]
     got = [(e.name, e.shape) for e in m.layers]
@@ -193,9 +310,18 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
             f"manifest layers[{i}] is {got[i] if i < len(got) else 'missing'}, the architecture has {want}",
             f"layers[{i}]",
         )
-    if [(e.name, e.shape) for e in m.trained] != [(e.name, e.shape) for e in layout.trained]:
+    trained_got = [(e.name, e.shape) for e in m.trained]
+    trained_want = [(e.name, e.shape) for e in layout.trained]
+    if trained_got != trained_want:
+        i = next(
+            (i for i, (a, b) in enumerate(zip(trained_got, trained_want, strict=False)) if a != b),
+            min(len(trained_got), len(trained_want)),
+        )
+        have = trained_got[i] if i < len(trained_got) else "missing"
+        want = trained_want[i] if i < len(trained_want) else "no more trained tensors"
         raise E.ArchitectureMismatch(
-            "manifest trained tensors differ from the architecture's norm layers", "trained"
+            f"manifest trained[{i}] is {have}, the architecture's norm layers have {want}",
+            f"trained[{i}]",
         )
     if tuple(m.input.shape) != (config["in_channels"], config["image_size"], config["image_size"]):
         raise E.ManifestInvalid(
@@ -226,31 +352,33 @@ def _tensors(
     expected_shape = {"masks": [mask_bytes], "state": [sum(e.numel for e in layout.trained)]}
     if m.prototype_embedded:
         expected_shape["prototype"] = [layout.n]
-    for name in entries:
+    for name in sorted(entries):
         if name not in expected_shape:
-            raise E.UnexpectedTensor(f"tensor {name!r} is not part of the format", name)
+            raise E.UnexpectedTensor(f"tensor {name[:64]!r} is not part of the format", name)
     for name in expected_shape:
         if name not in entries:
             raise E.MissingTensor(f"tensor {name!r} is missing", name)
-    buffer_len = len(data) - start
     spans = []
-    for name, info in entries.items():
+    for name in sorted(entries):
+        info = entries[name]
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise E.HeaderInvalid(
                 f"tensor {name!r} entry needs exactly dtype, shape and data_offsets", name
             )
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype != _DTYPES[name][0]:
+            shown = repr(dtype)[:32]
             raise E.WrongDtype(
-                f"tensor {name!r} has dtype {dtype!r}, the format requires {_DTYPES[name][0]}", name
+                f"tensor {name!r} has dtype {shown}, the format requires {_DTYPES[name][0]}", name
             )
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise E.HeaderInvalid(
                 f"tensor {name!r} shape is not a list of non-negative integers", name
             )
         if shape != expected_shape[name]:
+            shown = str(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
             raise E.WrongShape(
-                f"tensor {name!r} has shape {shape}, the architecture requires {expected_shape[name]}",
+                f"tensor {name!r} has shape {shown}, the architecture requires {expected_shape[name]}",
                 name,
             )
         if not (
@@ -258,25 +386,29 @@ def _tensors(
         ):
             raise E.HeaderInvalid(f"tensor {name!r} data_offsets is not a pair of integers", name)
         b, e = offsets
-        if not 0 <= b <= e <= buffer_len:
+        if not 0 <= b <= e:
             raise E.InvalidOffsets(
-                f"tensor {name!r} data_offsets {offsets} fall outside the {buffer_len}-byte data",
+                f"tensor {name!r} data_offsets {offsets} are not a non-negative ascending pair",
                 name,
             )
-        if e - b != math.prod(shape) * _DTYPES[name][1].itemsize:
+        need = math.prod(shape) * _DTYPES[name][1].itemsize
+        if e - b != need:
             raise E.InvalidOffsets(
-                f"tensor {name!r} spans {e - b} bytes but its shape needs {math.prod(shape) * _DTYPES[name][1].itemsize}",
-                name,
+                f"tensor {name!r} spans {e - b} bytes but its shape needs {need}", name
             )
         spans.append((b, e, name))
     pos = 0
     for b, e, name in sorted(spans):
         if b != pos:
-            raise E.InvalidOffsets(
-                f"tensor {name!r} starts at {b}, expected {pos} (overlap or hole)", name
-            )
+            what = "leaves a hole" if b > pos else "overlaps the previous tensor"
+            raise E.InvalidOffsets(f"tensor {name!r} starts at {b}, expected {pos}: {what}", name)
         pos = e
-    if pos != buffer_len:
+    buffer_len = len(data) - start
+    if pos > buffer_len:
+        raise E.Truncated(
+            f"the tensors need {pos} data bytes but only {buffer_len} follow the header", "data"
+        )
+    if pos < buffer_len:
         raise E.TrailingBytes(f"{buffer_len - pos} bytes follow the last tensor", "data")
     return {
         name: np.frombuffer(
@@ -317,9 +449,39 @@ def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) 
         raise E.NonFiniteValue("tensor 'prototype' holds NaN or infinite values", "prototype")
 
 
+# Digests of generated prototypes by backbone fingerprint. The generator's output is
+# a function of the fingerprint (architecture, full config, strategy, seed, generator),
+# so hashing it once per process is enough; embedded prototypes never enter here.
+_DIGESTS: OrderedDict[str, str] = OrderedDict()
+_DIGESTS_MAX = 4096
+_DIGESTS_LOCK = threading.Lock()
+
+
+def generated_digest(fingerprint: str, generate_weights: Callable[[], Mapping[str, Any]]) -> str:
+    """The digest of the prototype generated for ``fingerprint``; calls
+    ``generate_weights()`` and hashes its result only the first time."""
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(fingerprint)
+        if hit is not None:
+            _DIGESTS.move_to_end(fingerprint)
+            return hit
+    value = digest(generate_weights())
+    with _DIGESTS_LOCK:
+        _DIGESTS[fingerprint] = value
+        while len(_DIGESTS) > _DIGESTS_MAX:
+            _DIGESTS.popitem(last=False)
+    return value
+
+
+def forget_digests() -> None:
+    """Empty the digest cache (benchmarks of cold starts, tests)."""
+    with _DIGESTS_LOCK:
+        _DIGESTS.clear()
+
+
 def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:
     """Check the manifest's prototype digest against ``actual_digest`` (e.g. of a
-    resident backbone) or, when None, against the regenerated/embedded prototype."""
+    resident backbone) or, when None, against the embedded or generated prototype."""
     if actual_digest is None:
         if bundle.prototype is not None:
             views, pos = {}, 0
@@ -328,7 +490,9 @@ def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:
                 pos += s.numel
             actual_digest = digest(views)
         else:
-            actual_digest = digest(generate(bundle.layout.layers, bundle.strategy))
+            actual_digest = generated_digest(
+                bundle.fingerprint, lambda: generate(bundle.layout.layers, bundle.strategy)
+            )
     if actual_digest != bundle.manifest.prototype_digest:
         raise E.DigestMismatch(
             f"prototype digest {actual_digest} differs from the manifest's {bundle.manifest.prototype_digest}",

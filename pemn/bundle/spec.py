@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -41,8 +43,12 @@ __all__ = [
     "TensorEntry",
     "arch_layout",
     "canonical_json",
+    "clear_layout_cache",
     "fingerprint",
+    "manifest_schema",
+    "manifest_schema_text",
     "mask_offsets",
+    "meta_model",
 ]
 
 FORMAT = "pemn-bundle"
@@ -59,6 +65,10 @@ class BundleLimits:
     max_tensors: int = 8  # the format defines 3
     max_layers: int = 4096  # maskable layers of the declared architecture
     max_weights: int = 2**27  # N: the materialized network is 4N bytes
+    # values of the materialized network besides its N maskable weights: norm
+    # parameters and statistics, derived tables such as ViT positions
+    max_extra_values: int = 2**24
+    max_input_values: int = 2**22  # C * H * W of one input (export and serving allocate it)
 
 
 def canonical_json(value: Any) -> str:
@@ -176,18 +186,78 @@ class ArchLayout:
     layers: list[LayerSpec]  # maskable layers, module order
     trained: list[TensorEntry]  # state entries in storage order
     norms: dict[str, tuple[NormKind, float]]  # norm module name -> (kind, eps)
+    extra_values: int = 0  # parameter and buffer values of the network besides the N weights
 
     @property
     def n(self) -> int:
         return sum(s.numel for s in self.layers)
 
 
-def arch_layout(arch: str, config: Mapping[str, Any]) -> ArchLayout:
-    """Layers and trained tensors of ``arch(**config)``. BatchNorm modules are stored
-    folded as ``<name>.scale`` and ``<name>.shift``; LayerNorm as ``.weight``/``.bias``."""
+# Layouts are cached per (architecture, canonical config): building the module tree,
+# even on the meta device, is most of what validating a bundle costs. Only layouts
+# of at most _CACHED_LAYERS layers are kept, so that hostile configs at the size
+# caps cannot fill memory (64 layouts of <= 512 layers: a few MB at most). The
+# meta module trees themselves (~10 KB of Python objects per module) are kept for
+# the 8 most recent configs of at most 128 layers, for backbones to clone.
+_CACHED_LAYERS = 512
+_CACHED_TREES = 128
+_LAYOUTS: OrderedDict[tuple[str, str], ArchLayout] = OrderedDict()
+_TREES: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
+_LAYOUTS_MAX, _TREES_MAX = 64, 8
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    with _LAYOUTS_LOCK:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+
+def _recall(cache: OrderedDict[Any, Any], key: Any) -> Any:
+    with _LAYOUTS_LOCK:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+        return hit
+
+
+def _build(
+    arch: str, config: Mapping[str, Any], key: tuple[str, str]
+) -> tuple[nn.Module, ArchLayout]:
     with torch.device("meta"):
         model = create_model(arch, **config)
-    return _layout(model)
+    layout = _layout(model)
+    if len(layout.layers) <= _CACHED_LAYERS:
+        _remember(_LAYOUTS, key, layout, _LAYOUTS_MAX)
+    if len(layout.layers) <= _CACHED_TREES:
+        _remember(_TREES, key, model, _TREES_MAX)
+    return model, layout
+
+
+def arch_layout(arch: str, config: Mapping[str, Any]) -> ArchLayout:
+    """Layers and trained tensors of ``arch(**config)``. BatchNorm modules are stored
+    folded as ``<name>.scale`` and ``<name>.shift``; LayerNorm as ``.weight``/``.bias``.
+    The result is shared between callers (cached): treat it as read-only."""
+    key = (arch, canonical_json(dict(config)))
+    hit = _recall(_LAYOUTS, key)
+    return hit if hit is not None else _build(arch, config, key)[1]
+
+
+def meta_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    """``arch(**config)`` on the meta device (shapes, no data), shared between callers
+    (cached): never modify it; clone it first."""
+    key = (arch, canonical_json(dict(config)))
+    hit = _recall(_TREES, key)
+    return hit if hit is not None else _build(arch, config, key)[0]
+
+
+def clear_layout_cache() -> None:
+    """Forget every cached layout and module tree (benchmarks of cold starts, tests)."""
+    with _LAYOUTS_LOCK:
+        _LAYOUTS.clear()
+        _TREES.clear()
 
 
 def _layout(model: nn.Module) -> ArchLayout:
@@ -210,7 +280,10 @@ def _layout(model: nn.Module) -> ArchLayout:
             trained += [
                 TensorEntry(name=f"{name}.{leaf}", shape=shape) for leaf in ("weight", "bias")
             ]
-    return ArchLayout(layers=layer_specs(model), trained=trained, norms=norms)
+    layers = layer_specs(model)
+    total = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    n = sum(s.numel for s in layers)
+    return ArchLayout(layers=layers, trained=trained, norms=norms, extra_values=total - n)
 
 
 def mask_offsets(layers: list[LayerSpec]) -> tuple[list[int], int]:
@@ -221,3 +294,15 @@ def mask_offsets(layers: list[LayerSpec]) -> tuple[list[int], int]:
         offsets.append(pos)
         pos += (s.numel + 7) // 8
     return offsets, pos
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the manifest, generated from ``Manifest``."""
+    schema = Manifest.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def manifest_schema_text() -> str:
+    """``manifest_schema()`` as checked in at ``pemn/bundle/manifest.schema.json``
+    (regenerate with ``python -m pemn schema > pemn/bundle/manifest.schema.json``)."""
+    return json.dumps(manifest_schema(), indent=2, sort_keys=True, ensure_ascii=True) + "\n"

@@ -56,6 +56,7 @@ __all__ = [
     "default_validator",
     "open_async_store",
     "open_store",
+    "parse_url",
     "validate_content_id",
     "validate_name",
 ]

@@ -24,16 +24,19 @@ blob or ref (a leak), never a dangling pointer:
 2. write blobs       (temp + fsync + rename, or one S3 PUT: complete or absent)
 3. write / delete heads  (the pointer moves: the commit point for readers)
 4. write epoch + 1   (after the heads, so a poller that sees the new epoch sees them)
-5. remove refs, then delete blobs no name uses any more
+5. remove refs and delete blobs no name uses any more (no head points to them now)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from pemn.store.errors import StoreError
 
 __all__ = ["Backend", "Changes", "Hint", "LockedBackend", "Txn"]
 
@@ -151,13 +154,17 @@ class _LockedTxn(Txn):
     def __init__(self, backend: LockedBackend) -> None:
         super().__init__()
         self._backend = backend
-        self.tokens: dict[str, Any] = {}  # head name / "epoch" -> backend version token
-        self._epoch: int | None = None
+        self.tokens: dict[str, Any] = {}  # head name / " epoch" -> backend version token
+        # Every transaction needs the epoch: read it alongside the function's reads.
+        self._epoch_read = asyncio.ensure_future(backend._txn_read_epoch())
 
     async def epoch(self) -> int:
-        if self._epoch is None:
-            self._epoch, self.tokens[" epoch"] = await self._backend._txn_read_epoch()
-        return self._epoch
+        epoch, self.tokens[" epoch"] = await self._epoch_read
+        return int(epoch)
+
+    def cancel(self) -> None:
+        if not self._epoch_read.done():
+            self._epoch_read.cancel()
 
     async def head(self, name: str) -> bytes | None:
         raw, self.tokens[name] = await self._backend._txn_read_head(name)
@@ -222,14 +229,17 @@ class LockedBackend(Backend):
             self._local = asyncio.Lock()
         async with self._local:
             lock = await self._acquire()
+            txn = _LockedTxn(self)
             try:
-                txn = _LockedTxn(self)
                 result = await fn(txn)
                 epoch = await txn.epoch()
                 if txn.changes:
                     epoch = await self._commit(txn, epoch, lock)
                 return result, epoch
             finally:
+                txn.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await txn._epoch_read  # never leave it pending or its error unread
                 await self._release(lock)
 
     async def _commit(self, txn: _LockedTxn, epoch: int, lock: Any) -> int:
@@ -242,7 +252,10 @@ class LockedBackend(Backend):
             await self._write_head(name, record, txn.tokens.get(name))
         await self._write_epoch(epoch + 1, txn.tokens.get(" epoch"))
         await self._check_lock(lock)
-        await asyncio.gather(*(self._remove_ref(cid, name) for cid, name in sorted(c.remove_refs)))
-        await self._check_lock(lock)
-        await asyncio.gather(*(self._delete_blob(cid) for cid in sorted(c.delete_blobs)))
+        # No head uses these any more, so their order does not matter: a crash
+        # between them leaves a stale ref or an unused blob (a leak), nothing worse.
+        await asyncio.gather(
+            *(self._remove_ref(cid, name) for cid, name in sorted(c.remove_refs)),
+            *(self._delete_blob(cid) for cid in sorted(c.delete_blobs)),
+        )
         return epoch + 1

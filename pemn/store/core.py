@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -107,18 +107,19 @@ class AsyncStore:
     async def _retrying(self, op: str, key: str | None, fn: Callable[[int], Awaitable[T]]) -> T:
         """Run ``fn(attempt)`` with up to ``retries`` attempts on ``Unavailable``."""
         if self._closed:
-            raise Unavailable(f"cannot {op}: the store is closed", store=self.url, key=key)
+            raise RuntimeError(f"cannot {op}: the store {self.url} is closed")
         delay = self._options.retry_backoff
         attempts = self._options.retries
         for attempt in range(1, attempts + 1):
             try:
                 return await fn(attempt)
             except Unavailable as exc:
-                if attempt == attempts:
+                if attempt == attempts or not exc.retryable:
                     raise Unavailable(
-                        f"cannot {op} after {attempts} attempt(s): {exc.reason}",
+                        f"cannot {op} after {attempt} attempt(s): {exc.reason}",
                         store=self.url,
                         key=key,
+                        retryable=False,
                     ) from exc
                 log.debug("store %s: %s %s failed (%s), retrying", self.url, op, key, exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -134,8 +135,6 @@ class AsyncStore:
     # ------------------------------------------------------------------ writes
     async def _prepare(self, name: str, data: bytes) -> tuple[dict[str, Any], str]:
         """Size cap, then full bundle validation, then the content id: before any write."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"bundle data must be bytes, not {type(data).__name__}")
         size = len(data)
         if size > self._options.max_bundle_bytes:
             raise TooLarge(
@@ -144,7 +143,7 @@ class AsyncStore:
 
         def check() -> tuple[dict[str, Any], str]:
             try:
-                summary = self._validator(bytes(data))
+                summary = self._validator(data)
             except ValueError as exc:  # BundleError is a ValueError with .code and .field
                 raise InvalidBundle(
                     f"invalid bundle: {exc}",
@@ -166,7 +165,11 @@ class AsyncStore:
         return await asyncio.to_thread(check)
 
     async def put(
-        self, name: str, data: bytes, *, expected_version: int | None = None
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        expected_version: int | None = None,
     ) -> PutResult:
         """Store ``data`` as the next version of ``name``.
 
@@ -182,8 +185,10 @@ class AsyncStore:
             or expected_version < 0
         ):
             raise ValueError(f"expected_version must be an integer >= 0, not {expected_version!r}")
-        summary, cid = await self._prepare(name, data)
-        blob = bytes(data)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"bundle data must be bytes, not {type(data).__name__}")
+        blob = bytes(data)  # no copy for bytes; a private copy of anything mutable
+        summary, cid = await self._prepare(name, blob)
         retain = self._options.retain
 
         async def attempt(n: int) -> PutResult:
@@ -244,6 +249,10 @@ class AsyncStore:
         name = self._name(name)
 
         async def attempt(n: int) -> None:
+            if n == 1 and await self._backend.read_head(name) is None:
+                # Absent now (a lock-free read): no need to take the write lock.
+                raise NotFound("no bundle with this name", store=self.url, key=name)
+
             async def decide(txn: Txn) -> bool:
                 raw = await txn.head(name)
                 if raw is None:
@@ -383,7 +392,7 @@ class AsyncStore:
 
     async def watch(
         self, poll_interval: float = 1.0, *, since: int | None = None
-    ) -> AsyncIterator[int]:
+    ) -> AsyncGenerator[int, None]:
         """Yield the epoch each time it changes: first the current one (unless it
         equals ``since``), then every new value. Several changes may be folded into
         one value; react by re-reading (``list``), not by counting.

@@ -114,9 +114,23 @@ class TooLarge(InvalidBundle):
 class Unavailable(StoreError):
     """The backend did not answer (connection refused, timeout, lock not obtained).
 
-    Raised after the bounded retries; nothing stored is lost or half-written."""
+    Raised after the bounded retries; nothing stored is lost or half-written. A
+    write that raised it may or may not have happened; re-putting is safe.
+    ``retryable`` is False when waiting longer already was the retry (a lock wait,
+    write contention), so the store does not wait all over again."""
 
     code = "store.unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        store: str | None = None,
+        key: str | None = None,
+        retryable: bool = True,
+    ) -> None:
+        self.retryable = retryable
+        super().__init__(message, store=store, key=key)
 
 
 class Corrupt(StoreError):

@@ -117,10 +117,14 @@ class FileBackend(LockedBackend):
             raise
         self._sync_dir(path.parent)
 
-    def _unlink(self, path: Path) -> None:
+    def _unlink(self, path: Path, durable: bool = True) -> None:
+        """Remove ``path``; ``durable`` also fsyncs the directory (needed for a head,
+        whose removal must be on disk before its blobs' removal can be; a blob or
+        ref that reappears after a crash is only a leak)."""
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-            self._sync_dir(path.parent)
+            if durable:
+                self._sync_dir(path.parent)
 
     @staticmethod
     def _read(path: Path) -> bytes | None:
@@ -177,6 +181,7 @@ class FileBackend(LockedBackend):
                         f"another writer held the write lock for more than {self._lock_timeout}s",
                         store=self.display,
                         key="lock",
+                        retryable=False,
                     ) from None
                 await asyncio.sleep(0.002 + random.random() * 0.01)
             except OSError as exc:
@@ -225,13 +230,21 @@ class FileBackend(LockedBackend):
 
     async def _add_ref(self, cid: str, name: str) -> None:
         path = self._refs / content_hex(cid) / name
-        await self._io(path, lambda: self._write_file(path, b""))
+
+        def create() -> None:  # an empty marker: no data to fsync, only its directory
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._sync_dir(path.parent.parent)
+            path.touch(exist_ok=True)
+            self._sync_dir(path.parent)
+
+        await self._io(path, create)
 
     async def _remove_ref(self, cid: str, name: str) -> None:
         path = self._refs / content_hex(cid) / name
 
         def remove() -> None:
-            self._unlink(path)
+            self._unlink(path, durable=False)
             with contextlib.suppress(OSError):  # not empty or already gone
                 path.parent.rmdir()
 
@@ -239,7 +252,7 @@ class FileBackend(LockedBackend):
 
     async def _delete_blob(self, cid: str) -> None:
         path = self._blob_path(cid)
-        await self._io(path, lambda: self._unlink(path))
+        await self._io(path, lambda: self._unlink(path, durable=False))
 
     async def aclose(self) -> None:
         return None

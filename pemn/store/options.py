@@ -44,7 +44,8 @@ __all__ = [
 
 Validator = Callable[[bytes], Mapping[str, Any]]
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}(:[A-Za-z0-9._-]{1,64}){0,3}")
-_S3_PREFIX_RE = re.compile(r"([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,7})?")
+_S3_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # no "." or ".." segments
+_S3_PREFIX_RE = re.compile(rf"({_S3_SEGMENT}(/{_S3_SEGMENT}){{0,7}})?")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -207,7 +208,7 @@ def parse_url(url: str, **kwargs: Any) -> tuple[str, StoreOptions, BackendConfig
         if _S3_PREFIX_RE.fullmatch(prefix) is None:
             raise StoreConfigError(
                 f"invalid S3 key prefix {prefix!r}: up to 8 segments of A-Z a-z 0-9 . _ - "
-                "joined by '/'",
+                "(each starting with a letter or digit) joined by '/'",
                 store=display,
             )
         config = S3Config(bucket=bucket, prefix=prefix, **opts)

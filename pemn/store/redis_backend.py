@@ -135,6 +135,7 @@ class RedisBackend(Backend):
             f"gave up after {_CONTENTION_ATTEMPTS} rounds of write contention",
             store=self.display,
             key=self.k_epoch,
+            retryable=False,
         )
 
     async def _transact_once(self, fn: Callable[[Txn], Awaitable[T]]) -> tuple[T, int]:

@@ -25,8 +25,10 @@ boto3 is synchronous: each call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -47,6 +49,9 @@ __all__ = ["S3Backend", "boto3_session"]
 
 log = logging.getLogger("pemn.store")
 T = TypeVar("T")
+_MAX_POLL = 0.1  # s, longest pause of a waiter between two looks (times 0.5-1.5 jitter)
+_HANDOFF = 0.2  # s a client leaves the lock to a waiter before taking it again (> a poll)
+_HANDOFF_WINDOW = 2.0  # s a "lock.waiting" announcement counts (LastModified has 1 s steps)
 _LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict")
 _TRANSIENT = (
     "SlowDown",
@@ -102,6 +107,8 @@ class S3Backend(LockedBackend):
         self._p = f"{config.prefix}/" if config.prefix else ""
         self._ttl = config.lock_ttl
         self._lock_timeout = options.lock_timeout
+        self._released: str | None = None  # ETag of the lock object this client released
+        self._released_at = -math.inf
         session = boto3_session(
             aws_access_key_id=config.aws_access_key_id,
             aws_secret_access_key=config.aws_secret_access_key,
@@ -231,28 +238,42 @@ class S3Backend(LockedBackend):
     async def _acquire(self) -> _Lease:
         key = self.key("lock")
         owner = uuid.uuid4().hex
-        body = json.dumps(
-            {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "ttl": self._ttl}
-        ).encode()
+        me = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+        body = json.dumps({**me, "ttl": self._ttl}).encode()
         deadline = time.monotonic() + self._lock_timeout
-        pause = 0.01
-        holder = "?"
-        while True:
+        released, self._released = self._released, None
+        # Back again right after releasing: if another client is waiting, give it the
+        # lock first, or a busy writer could starve everyone else.
+        soon = time.monotonic() - self._released_at < _HANDOFF_WINDOW
+        if released and soon and await self._someone_waits(owner):
+            await asyncio.sleep(_HANDOFF)
+            released = None
+        if released:  # fast path: nobody took the lock since this client released it
             since = time.monotonic()
-            try:
-                return _Lease(owner, await self._put(key, body, IfNoneMatch="*"), since)
-            except _LostRace:
-                pass
-            got = await self._read(key)
-            if got is not None:
+            with contextlib.suppress(_LostRace):
+                return _Lease(owner, await self._put(key, body, IfMatch=released), since)
+        pause = 0.01
+        holder = "other writers"
+        announced = -math.inf
+        got = None  # first try to create the lock; later, look before trying (1 request)
+        while True:
+            if got is None:
+                since = time.monotonic()
+                try:
+                    return _Lease(owner, await self._put(key, body, IfNoneMatch="*"), since)
+                except _LostRace:
+                    pass
+            else:
                 data, etag, modified, date = got
                 try:
                     doc = json.loads(data)
                     age = (parsedate_to_datetime(date) - modified).total_seconds()
-                except (ValueError, TypeError):
-                    doc, age = {}, float("inf")  # unreadable lock object: treat as expired
-                holder = f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
-                if doc.get("released") or age > self._ttl:
+                    ttl = float(doc.get("ttl", self._ttl))  # the holder's own lease time
+                except (ValueError, TypeError, AttributeError):
+                    doc, age, ttl = {}, 1.0, 0.0  # unreadable lock object: treat as expired
+                if not doc.get("released"):
+                    holder = f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
+                if doc.get("released") or age > ttl:
                     since = time.monotonic()
                     try:
                         return _Lease(owner, await self._put(key, body, IfMatch=etag), since)
@@ -261,12 +282,32 @@ class S3Backend(LockedBackend):
             if time.monotonic() > deadline:
                 raise Unavailable(
                     f"could not take the write lock within {self._lock_timeout}s "
-                    f"(held by {holder})",
+                    f"(last held by {holder})",
                     store=self.display,
                     key=key,
+                    retryable=False,
                 )
+            if time.monotonic() - announced > _HANDOFF_WINDOW / 2:
+                announced = time.monotonic()
+                await self._put(self.key("lock.waiting"), json.dumps(me).encode())
             await asyncio.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 0.2)
+            # Back off at first, then look more often the longer this client has
+            # waited, so old waiters tend to be first when the lock comes free.
+            waited = time.monotonic() - (deadline - self._lock_timeout)
+            pause = min(pause * 2, _MAX_POLL / (1 + waited))
+            got = await self._read(key)
+
+    async def _someone_waits(self, owner: str) -> bool:
+        """True if another client announced within the handoff window that it waits."""
+        got = await self._read(self.key("lock.waiting"))
+        if got is None:
+            return False
+        data, _, modified, date = got
+        try:
+            age = (parsedate_to_datetime(date) - modified).total_seconds()
+            return bool(json.loads(data).get("owner") != owner and age <= _HANDOFF_WINDOW)
+        except (ValueError, TypeError, AttributeError):
+            return False
 
     async def _check_lock(self, lock: Any) -> None:
         if time.monotonic() - lock.since > self._ttl / 2:
@@ -280,7 +321,8 @@ class S3Backend(LockedBackend):
         key = self.key("lock")
         body = json.dumps({"released": True, "owner": lock.owner}).encode()
         try:
-            await self._put(key, body, IfMatch=lock.etag)
+            self._released = await self._put(key, body, IfMatch=lock.etag)
+            self._released_at = time.monotonic()
         except _LostRace:
             log.warning("store %s: the write lock was taken over before release", self.display)
         except StoreError as exc:  # it expires after lock_ttl anyway

@@ -95,7 +95,13 @@ class Store:
         """Release connections and stop the private loop thread (idempotent)."""
         self._finalizer()
 
-    def put(self, name: str, data: bytes, *, expected_version: int | None = None) -> PutResult:
+    def put(
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        expected_version: int | None = None,
+    ) -> PutResult:
         return self._run(self._async.put(name, data, expected_version=expected_version))
 
     def get(self, name: str, version: int | None = None) -> StoredBundle:

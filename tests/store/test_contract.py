@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
+from pemn.bundle import inspect_bundle
 from pemn.store import (
     Conflict,
     Corrupt,
@@ -17,6 +19,7 @@ from pemn.store import (
     Store,
     StoreError,
     TooLarge,
+    default_validator,
     open_store,
 )
 from tests.store.bundles import bundle, corrupt, summary_seed
@@ -96,6 +99,7 @@ def test_list_shows_latest_version_and_its_summary(store: Store) -> None:
     )
     assert summary_seed(alpha.summary) == 2
     assert summary_seed(beta.summary) == 5
+    assert alpha.summary == inspect_bundle(bundle(2))  # the bundle reader's summary
     assert store.info("alpha") == alpha
 
 
@@ -232,18 +236,46 @@ def test_epoch_counts_every_change_and_nothing_else(store: Store) -> None:
     assert store.epoch() == 4
 
 
-def test_invalid_bundle_is_refused_before_anything_is_written(store: Store, target: Target) -> None:
+def _damaged(kind: str) -> bytes:
+    data = bundle(2)
+    if kind == "mask bit flipped":
+        return corrupt(data)
+    if kind == "truncated":
+        return data[:-7]
+    if kind == "header length damaged":
+        return bytes([data[0] ^ 0x01]) + data[1:]
+    if kind == "trailing bytes":
+        return data + b"\x00"
+    if kind == "empty":
+        return b""
+    return b"not a bundle at all" * 10
+
+
+DAMAGED = [
+    ("mask bit flipped", "bundle.popcount_mismatch"),
+    ("truncated", "bundle.invalid_offsets"),
+    ("header length damaged", "bundle.header_invalid"),
+    ("trailing bytes", None),
+    ("empty", "bundle.truncated"),
+    ("junk", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "bundle_code"), DAMAGED, ids=[k for k, _ in DAMAGED])
+def test_invalid_bundle_is_refused_before_anything_is_written(
+    store: Store, target: Target, kind: str, bundle_code: str | None
+) -> None:
     store.put("alpha", bundle(1))
     before = (store.epoch(), target.raw.blobs(), store.list())
     for name in ("alpha", "fresh"):
         with pytest.raises(InvalidBundle) as exc:
-            store.put(name, corrupt(bundle(2)))
+            store.put(name, _damaged(kind))
         assert exc.value.code == "store.invalid_bundle"
-        assert exc.value.bundle_code is not None and exc.value.field is not None
+        assert exc.value.bundle_code is not None and exc.value.bundle_code.startswith("bundle.")
+        if bundle_code:
+            assert exc.value.bundle_code == bundle_code
         assert name in str(exc.value) and store.url in str(exc.value)
         assert isinstance(exc.value, ValueError)
-    with pytest.raises(InvalidBundle):
-        store.put("fresh", b"")
     assert (store.epoch(), target.raw.blobs(), store.list()) == before
 
 
@@ -251,20 +283,20 @@ def test_oversized_bundle_is_refused_before_validation_or_writing(
     make_store: Callable[..., Store], target: Target
 ) -> None:
     calls: list[int] = []
-    from tests.store.bundles import VALIDATOR
 
-    def spy(data: bytes) -> dict[str, object]:
+    def spy(data: bytes) -> Mapping[str, Any]:
         calls.append(len(data))
-        return dict(VALIDATOR(data)) if VALIDATOR else {}
+        return default_validator(data)
 
-    store = make_store(max_bundle_bytes=1000, validator=spy)
+    limit = len(bundle(1)) + 1000
+    store = make_store(max_bundle_bytes=limit, validator=spy)
     store.put("alpha", bundle(1))
     assert len(calls) == 1
-    big = bundle(2, size=1001)
-    assert len(big) > 1000
+    big = bundle(2, size=limit + 5000)
+    assert len(big) > limit
     with pytest.raises(TooLarge) as exc:
         store.put("alpha", big)
-    assert (exc.value.size, exc.value.limit, exc.value.code) == (len(big), 1000, "store.too_large")
+    assert (exc.value.size, exc.value.limit, exc.value.code) == (len(big), limit, "store.too_large")
     assert isinstance(exc.value, InvalidBundle)
     assert "max_bundle_bytes" in str(exc.value) and "alpha" in str(exc.value)
     assert len(calls) == 1  # refused before validation

@@ -1,0 +1,384 @@
+"""One test per error class of ``pemn.bundle.errors``, each from hand-crafted bytes.
+
+Every case breaks one rule of docs/bundle-format.md in the tiny bundle of
+``craft.py`` and asserts the error class, its stable code, that the message is
+one line naming the offending field or tensor, and that the spec reader (the
+independent implementation of the document) reports the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pemn.bundle import BundleError, BundleLimits, read_bundle
+from pemn.bundle import errors as E
+from tests.pemn.bundle import craft, spec_reader
+from tests.pemn.bundle.craft import Tensor, tiny, tiny_manifest, tiny_tensors, with_tensor
+
+
+@dataclass(frozen=True)
+class Case:
+    error: type[BundleError]
+    variant: str
+    make: Callable[[], bytes]
+    names: str  # the message must contain this (the field or tensor)
+    limits: dict[str, int] | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.error.code.removeprefix('bundle.')}-{self.variant}"
+
+
+def _manifest(**changes: Any) -> Callable[[], bytes]:
+    return lambda: tiny(tiny_manifest(**changes))
+
+
+def _nested(**changes: Any) -> Callable[[], bytes]:
+    """Change nested manifest fields: ``_nested(arch__config__width=3)``."""
+
+    def make() -> bytes:
+        m = tiny_manifest()
+        for path, value in changes.items():
+            *parents, leaf = path.split("__")
+            d = m
+            for p in parents:
+                d = d[p]
+            d[leaf] = value
+        return tiny(m)
+
+    return make
+
+
+def _tensors(**change: Any) -> Callable[[], bytes]:
+    name = change.pop("name")
+    return lambda: tiny(tensors=with_tensor(tiny_tensors(), name, **change))
+
+
+def _header(text: bytes, data: bytes = b"") -> Callable[[], bytes]:
+    return lambda: craft.container(text, data)
+
+
+def _meta(metadata: dict[str, Any]) -> Callable[[], bytes]:
+    return lambda: tiny(metadata=metadata)
+
+
+def _layers(layers: list[dict[str, Any]]) -> Callable[[], bytes]:
+    return _manifest(layers=layers)
+
+
+_MANIFEST_TEXT = json.dumps(tiny_manifest(), separators=(",", ":"))
+_TRAINED_SWAPPED = [
+    {"name": "norms.0.shift", "shape": [3]},
+    {"name": "norms.0.scale", "shape": [3]},
+]
+_NAN_STATE = struct.pack("<6f", 1, 1, float("nan"), 0, 0, 0)
+_BAD_PROTO = craft.prototype_tensor().data[:-4] + struct.pack("<f", float("inf"))
+_OTHER_PROTO = craft.prototype_tensor().data[:-4] + struct.pack("<f", 0.25)
+
+CASES = [
+    # container
+    Case(E.BundleTooLarge, "limit", tiny, "limit", {"max_file_bytes": 1000}),
+    Case(E.Truncated, "short", lambda: b"\x08\x00\x00", "8-byte header length"),
+    Case(E.Truncated, "header-past-eof", lambda: tiny()[:40], "header declares"),
+    Case(E.Truncated, "data", lambda: tiny()[:-1], "data bytes"),
+    Case(
+        E.HeaderTooLarge,
+        "length",
+        lambda: craft.container(b"{}", length=2**20 + 1),
+        "header length",
+    ),
+    Case(
+        E.HeaderTooLarge,
+        "u64-max",
+        lambda: craft.container(b"{}", length=2**64 - 1),
+        "header length",
+    ),
+    Case(E.HeaderInvalid, "not-brace", _header(b' {"a":1}'), "'{'"),
+    Case(E.HeaderInvalid, "utf8", _header(b'{"\xff":1}'), "UTF-8"),
+    Case(E.HeaderInvalid, "syntax", _header(b'{"a":}'), "JSON"),
+    Case(E.HeaderInvalid, "junk-after", _header(b'{"a":1}\n'), "non-space"),
+    Case(E.HeaderInvalid, "duplicate", _header(b'{"a":1,"a":2}'), "duplicate key 'a'"),
+    Case(E.HeaderInvalid, "nan", _header(b'{"a":NaN}'), "NaN"),
+    Case(E.HeaderInvalid, "deep", _header(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"), "nested"),
+    Case(
+        E.HeaderInvalid,
+        "entry-members",
+        lambda: tiny(
+            extra={"masks": {"dtype": "U8", "shape": [3], "data_offsets": [24, 27], "x": 0}}
+        ),
+        "masks",
+    ),
+    Case(E.HeaderInvalid, "shape-type", _tensors(name="state", shape="6"), "state"),
+    Case(E.HeaderInvalid, "offsets-type", _tensors(name="masks", offsets=[0, 1, 2]), "masks"),
+    # metadata and manifest
+    Case(E.NotABundle, "no-metadata", _header(b'{"masks":{}}'), "__metadata__"),
+    Case(E.NotABundle, "format", _meta({"format": "other", "manifest": _MANIFEST_TEXT}), "format"),
+    Case(E.NotABundle, "no-manifest", _meta({"format": "pemn-bundle"}), "manifest"),
+    Case(
+        E.NotABundle, "non-string", _meta({"format": "pemn-bundle", "manifest": {}}), "__metadata__"
+    ),
+    Case(E.ManifestNotJSON, "syntax", lambda: tiny("{'format': 1}"), "manifest"),
+    Case(E.ManifestNotJSON, "array", lambda: tiny("[1, 2]"), "manifest"),
+    Case(
+        E.ManifestNotJSON,
+        "duplicate",
+        lambda: tiny(_MANIFEST_TEXT[:-1] + ',"density":0.5}'),
+        "density",
+    ),
+    Case(
+        E.ManifestNotJSON,
+        "infinity",
+        lambda: tiny(_MANIFEST_TEXT.replace("0.5", "1e999", 1)),
+        "manifest",
+    ),
+    Case(
+        E.ManifestNotJSON,
+        "surrogate",
+        lambda: tiny(_MANIFEST_TEXT.replace('"zero"', '"\\ud800"')),
+        "surrogate",
+    ),
+    Case(
+        E.ManifestNotJSON,
+        "digits",
+        lambda: tiny(_MANIFEST_TEXT.replace('"seed":0', '"seed":' + "9" * 5000)),
+        "digits",
+    ),
+    Case(E.UnsupportedVersion, "major-2", _manifest(format_version="2.0"), "format_version"),
+    Case(E.UnsupportedVersion, "major-0", _manifest(format_version="0.9"), "format_version"),
+    Case(E.ManifestInvalid, "version-form", _manifest(format_version="1"), "format_version"),
+    Case(
+        E.ManifestInvalid, "version-unicode", _manifest(format_version="\u00b9.0"), "format_version"
+    ),
+    Case(E.ManifestInvalid, "missing-density", _manifest(density=None), "density"),
+    Case(E.ManifestInvalid, "density-range", _manifest(density=1.5), "density"),
+    Case(E.ManifestInvalid, "seed-string", _nested(strategy__seed="0"), "strategy.seed"),
+    Case(E.ManifestInvalid, "seed-float", _nested(strategy__seed=0.0), "strategy.seed"),
+    Case(
+        E.ManifestInvalid, "digest-form", _manifest(prototype_digest="md5:00"), "prototype_digest"
+    ),
+    Case(E.ManifestInvalid, "long-label", _manifest(labels=["x" * 257, "y"]), "labels[0]"),
+    Case(E.ManifestInvalid, "std-zero", _nested(input__std=[0.0]), "input.std"),
+    Case(E.ManifestInvalid, "mean-count", _nested(input__mean=[0.5, 0.5]), "input"),
+    Case(E.ManifestInvalid, "config-key", _nested(arch__config__width=8), "arch.config['width']"),
+    Case(
+        E.ManifestInvalid, "config-range", _nested(arch__config__hidden=[0]), "arch.config.hidden"
+    ),
+    Case(
+        E.ManifestInvalid,
+        "config-float",
+        _nested(arch__config__image_size=2.0),
+        "arch.config.image_size",
+    ),
+    Case(E.ManifestInvalid, "strategy-name", _nested(strategy__name="dense"), "strategy.name"),
+    Case(E.ManifestInvalid, "ratio-not-rp", _nested(strategy__ratio=0.5), "strategy.ratio"),
+    Case(E.ManifestInvalid, "fan-in-mask", _nested(strategy__scale="fan_in"), "strategy.scale"),
+    Case(E.ManifestInvalid, "input-shape", _nested(input__shape=[1, 3, 3]), "input.shape"),
+    Case(E.ManifestInvalid, "labels-count", _manifest(labels=["a", "b", "c"]), "labels"),
+    Case(E.ManifestInvalid, "generator", _manifest(generator="mt19937"), "generator"),
+    Case(
+        E.ManifestInvalid,
+        "cannot-build",
+        _manifest(arch={"name": "convmixer", "config": {"patch": 64}}),
+        "arch.config",
+    ),
+    # architecture
+    Case(E.UnknownArchitecture, "name", _nested(arch__name="resnet1000"), "resnet1000"),
+    Case(
+        E.ArchitectureMismatch,
+        "layer-shape",
+        _layers([{"name": "layers.0", "shape": [3, 5]}, {"name": "head", "shape": [2, 3]}]),
+        "layers[0]",
+    ),
+    Case(
+        E.ArchitectureMismatch,
+        "layer-missing",
+        _layers([{"name": "layers.0", "shape": [3, 4]}]),
+        "layers[1]",
+    ),
+    Case(
+        E.ArchitectureMismatch,
+        "layer-name",
+        _layers([{"name": "fc", "shape": [3, 4]}, {"name": "head", "shape": [2, 3]}]),
+        "layers[0]",
+    ),
+    Case(
+        E.ArchitectureMismatch, "trained-order", _manifest(trained=_TRAINED_SWAPPED), "trained[0]"
+    ),
+    Case(
+        E.ModelTooLarge,
+        "declared-shape",
+        _layers([{"name": "layers.0", "shape": [2**31] * 8}]),
+        "weights",
+    ),
+    Case(
+        E.ModelTooLarge, "declared-layers", _layers([{"name": "x", "shape": [1]}] * 4097), "layers"
+    ),
+    Case(E.ModelTooLarge, "config-width", _nested(arch__config__hidden=[2**24] * 8), "weights"),
+    Case(E.ModelTooLarge, "input", _nested(arch__config__image_size=2**24), "image_size"),
+    Case(
+        E.ModelTooLarge,
+        "extra-values",
+        _manifest(
+            arch={
+                "name": "vit",
+                "config": {"image_size": 1024, "patch": 1, "width": 32, "heads": 1, "depth": 1},
+            }
+        ),
+        "besides its weights",
+    ),
+    Case(E.ModelTooLarge, "layer-limit", tiny, "layers", {"max_layers": 1}),
+    # tensor table
+    Case(
+        E.TooManyTensors,
+        "nine",
+        lambda: tiny(tensors=tiny_tensors() + [Tensor(f"t{i}", "U8", [0], b"") for i in range(7)]),
+        "9 tensors",
+    ),
+    Case(
+        E.UnexpectedTensor,
+        "bias",
+        lambda: tiny(tensors=[*tiny_tensors(), Tensor("bias", "F32", [1], b"\x00" * 4)]),
+        "bias",
+    ),
+    Case(
+        E.UnexpectedTensor,
+        "prototype-not-declared",
+        lambda: tiny(tensors=[*tiny_tensors(), craft.prototype_tensor()]),
+        "prototype",
+    ),
+    Case(E.MissingTensor, "state", lambda: tiny(tensors=tiny_tensors()[1:]), "state"),
+    Case(E.MissingTensor, "prototype", _manifest(prototype_embedded=True), "prototype"),
+    Case(E.WrongDtype, "masks-f32", _tensors(name="masks", dtype="F32"), "masks"),
+    Case(E.WrongDtype, "state-f16", _tensors(name="state", dtype="F16"), "state"),
+    Case(
+        E.WrongShape,
+        "masks-long",
+        lambda: tiny(tensors=tiny_tensors(masks=craft.TINY_MASKS + b"\0")),
+        "masks",
+    ),
+    Case(E.WrongShape, "state-2d", _tensors(name="state", shape=[2, 3]), "state"),
+    Case(E.WrongShape, "huge", _tensors(name="masks", shape=[2**62]), "masks"),
+    Case(E.InvalidOffsets, "negative", _tensors(name="state", offsets=[-24, 0]), "state"),
+    Case(E.InvalidOffsets, "descending", _tensors(name="masks", offsets=[27, 24]), "masks"),
+    Case(E.InvalidOffsets, "span", _tensors(name="masks", offsets=[24, 26]), "masks"),
+    Case(E.InvalidOffsets, "overlap", _tensors(name="masks", offsets=[20, 23]), "masks"),
+    Case(E.InvalidOffsets, "hole", _tensors(name="masks", offsets=[25, 28]), "masks"),
+    Case(E.InvalidOffsets, "huge", _tensors(name="masks", offsets=[2**62, 2**62 + 3]), "masks"),
+    Case(E.TrailingBytes, "one", lambda: tiny(tail=b"\0"), "follow the last tensor"),
+    # data
+    Case(
+        E.PopcountMismatch,
+        "layer0",
+        lambda: tiny(tensors=tiny_tensors(masks=b"\x1f\x00\x07")),
+        "layers.0",
+    ),
+    Case(
+        E.PopcountMismatch,
+        "head",
+        lambda: tiny(tensors=tiny_tensors(masks=b"\x3f\x00\x0f")),
+        "head",
+    ),
+    Case(
+        E.NonZeroPadding,
+        "layer0",
+        lambda: tiny(tensors=tiny_tensors(masks=b"\x1f\x10\x07")),
+        "layers.0",
+    ),
+    Case(
+        E.NonZeroPadding, "head", lambda: tiny(tensors=tiny_tensors(masks=b"\x3f\x00\x83")), "head"
+    ),
+    Case(
+        E.NonFiniteValue, "state-nan", lambda: tiny(tensors=tiny_tensors(state=_NAN_STATE)), "state"
+    ),
+    Case(
+        E.NonFiniteValue,
+        "prototype-inf",
+        lambda: tiny(
+            tiny_manifest(prototype_embedded=True),
+            [*tiny_tensors(), Tensor("prototype", "F32", [18], _BAD_PROTO)],
+        ),
+        "prototype",
+    ),
+    Case(
+        E.DigestMismatch,
+        "zeros",
+        _manifest(prototype_digest="sha256:" + "0" * 64),
+        "prototype digest",
+    ),
+    Case(E.DigestMismatch, "seed", _nested(strategy__seed=1), "prototype digest"),
+    Case(
+        E.DigestMismatch,
+        "embedded",
+        lambda: tiny(
+            tiny_manifest(prototype_embedded=True),
+            [*tiny_tensors(), Tensor("prototype", "F32", [18], _OTHER_PROTO)],
+        ),
+        "prototype digest",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_error(case: Case) -> None:
+    data = case.make()
+    limits = BundleLimits(**case.limits) if case.limits else None
+    with pytest.raises(BundleError) as info:
+        read_bundle(data, limits=limits)
+    exc = info.value
+    assert type(exc) is case.error, f"{type(exc).__name__}: {exc}"
+    assert exc.code == case.error.code and exc.code.startswith("bundle.")
+    message = str(exc)
+    assert case.names in message, message
+    assert "\n" not in message and len(message) <= 400
+    # the independent reader, written from the spec, rejects it with the same code
+    with pytest.raises(spec_reader.SpecError) as spec:
+        spec_reader.read(data, case.limits)
+    assert spec.value.code == exc.code
+
+
+def test_every_error_class_has_a_test() -> None:
+    classes = {
+        cls for cls in vars(E).values() if isinstance(cls, type) and issubclass(cls, BundleError)
+    }
+    classes.discard(BundleError)
+    assert {c.error for c in CASES} == classes
+    codes = [cls.code for cls in classes]
+    assert len(set(codes)) == len(codes), "codes must be unique"
+    assert set(E.__all__) == {c.__name__ for c in classes} | {"BundleError"}
+
+
+def test_tiny_bundle_is_valid() -> None:
+    """The base every case breaks is itself valid for both readers."""
+    data = tiny()
+    b = read_bundle(data)
+    s = spec_reader.read(data)
+    assert bytes(b.masks) == craft.TINY_MASKS == b"\x3f\x00\x07"
+    assert b.fingerprint == s.fingerprint
+    assert s.masks["head"].tolist() == [[True, True, True], [False, False, False]]
+
+
+def test_messages_are_one_short_line_even_for_hostile_names() -> None:
+    name = "evil\nname\x07\u2028" + "x" * 5000
+    data = tiny(tensors=[*tiny_tensors(), Tensor(name, "U8", [0], b"")])
+    with pytest.raises(E.UnexpectedTensor) as info:
+        read_bundle(data)
+    message = str(info.value)
+    assert "\n" not in message and len(message) <= 400
+    assert message.isprintable()
+    assert "evil\\nname\\x07\\u2028xxx" in message
+
+
+def test_added_optional_fields_are_accepted() -> None:
+    """Versioning: a later minor version may add optional fields anywhere."""
+    m = tiny_manifest(format_version="1.7", future_field={"x": 1})
+    m["strategy"]["future"] = True
+    m["input"]["layout"] = "NCHW"
+    b = read_bundle(tiny(m))
+    assert b.manifest.format_version == "1.7"
+    spec_reader.read(tiny(m))

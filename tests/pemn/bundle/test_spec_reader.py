@@ -1,0 +1,203 @@
+"""The spec is enough to write a reader: ``spec_reader`` (written from
+docs/bundle-format.md, no ``pemn`` imports) agrees with ``pemn.bundle`` on real
+bundles, field by field and bit by bit, and on the document's test vectors."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pemn.archs import resolve_config
+from pemn.bundle import read_bundle
+from pemn.bundle.spec import arch_layout
+from pemn.masking import kept_count
+from pemn.materialize import Backbone
+from pemn.prototype import LayerSpec, Strategy, digest, generate, normal
+from tests.pemn.bundle import spec_reader
+from tests.pemn.bundles import make_bundle
+from tests.pemn.small import ARCHS, SMALL
+
+
+def test_spec_reader_imports_nothing_from_pemn() -> None:
+    tree = ast.parse(Path(spec_reader.__file__).read_text())
+    modules = [
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in (n.names if isinstance(n, ast.Import) else [n])
+    ]
+    assert modules and not [
+        m for m in modules if m and m.split(".")[0] in ("pemn", "tests", "torch")
+    ]
+
+
+# ------------------------------------------------------------- test vectors (sections 8, 9)
+
+
+@pytest.mark.parametrize("impl", [normal, spec_reader.normal], ids=["pemn", "spec"])
+def test_generator_vectors(impl) -> None:
+    assert [f"{v:.17g}" for v in impl(0, 0, 4)] == [
+        "-0.45275774021745802",
+        "0.20776603893419193",
+        "2.6506058120796689",
+        "-0.49042282539864768",
+    ]
+    assert [f"{v:.17g}" for v in impl(7, 3, 4)] == [
+        "1.5901902545652091",
+        "-0.18325992748991063",
+        "1.3951833551868547",
+        "-0.038120968060186784",
+    ]
+    assert len(impl(5, 1, 3)) == 3
+
+
+def test_digest_vectors() -> None:
+    fc = generate([LayerSpec("fc", (2, 3))], Strategy("mask", seed=0))
+    assert [float(v).hex() for v in fc["fc"].numpy().ravel()] == [
+        "-0x1.7a8c200000000p-2",
+        "0x1.5b6c5a0000000p-3",
+        "0x1.1504da0000000p+1",
+        "-0x1.9a09f20000000p-2",
+        "-0x1.9d48420000000p-1",
+        "0x1.874ffe0000000p+0",
+    ]
+    want = "sha256:4fcb8bae3d0796fdc36431204ee13719283be2beebe9f1fc8c4ad47e59f6d0fc"
+    assert digest(fc) == want
+    assert (
+        spec_reader.digest(spec_reader.generate([("fc", [2, 3])], {"name": "mask", "seed": 0}))
+        == want
+    )
+    rp = generate(
+        [LayerSpec("a", (2, 3)), LayerSpec("b", (4, 2))], Strategy("rp", seed=1, ratio=0.25)
+    )
+    want = "sha256:78abc9004418aed473912e42ec54e822a9cfd39495f83d65ecc782c78e12631b"
+    assert digest(rp) == want
+    assert len(set(rp["b"].numpy().ravel().tolist())) == 3  # U = min(floor(0.25 * 8) + 1, 8)
+    spec = spec_reader.generate(
+        [("a", [2, 3]), ("b", [4, 2])], {"name": "rp", "seed": 1, "ratio": 0.25}
+    )
+    assert spec_reader.digest(spec) == want
+
+
+@pytest.mark.parametrize(
+    ("n", "density"), [(10, 0.5), (6272, 0.01), (3, 0.01), (7, 0.999), (1, 0.5)]
+)
+def test_kept_count(n: int, density: float) -> None:
+    assert spec_reader.kept(n, density) == kept_count(n, density)
+    assert (kept_count(10, 0.5), kept_count(6272, 0.01)) == (5, 63)
+
+
+def test_bit_order_worked_example() -> None:
+    """Section 6.1: [[1,0,1,1,0],[0,0,1,0,1]] is stored as 0x8D 0x02."""
+    mask = np.array([[1, 0, 1, 1, 0], [0, 0, 1, 0, 1]], dtype=bool)
+    from pemn.bundle.writer import pack_mask
+
+    assert pack_mask(mask).tobytes() == b"\x8d\x02"
+
+
+# ------------------------------------------------------------- layouts (section 5)
+
+LAYOUT_CONFIGS = (
+    [(arch, {}) for arch in ARCHS]
+    + [(arch, {"in_channels": 1, "image_size": 28, **SMALL[arch]}) for arch in ARCHS]
+    + [
+        ("mlp", {"hidden": []}),
+        ("mlp", {"hidden": [5, 7, 3], "num_classes": 4}),
+        ("convmixer", {"width": 12, "depth": 3, "kernel": 4, "patch": 7, "image_size": 28}),
+        ("vit", {"width": 12, "heads": 3, "depth": 2, "patch": 2, "mlp_ratio": 3, "image_size": 6}),
+        ("resnet56", {"in_channels": 2, "num_classes": 100}),
+    ]
+)
+
+
+@pytest.mark.parametrize(("arch", "config"), LAYOUT_CONFIGS)
+def test_layout_formulas_match_the_architectures(arch: str, config: dict) -> None:
+    full = resolve_config(arch, **config)
+    got = spec_reader.layout(arch, spec_reader.resolve(arch, config))
+    want = arch_layout(arch, full)
+    assert got.layers == [(s.name, list(s.shape)) for s in want.layers]
+    assert got.trained == [(e.name, e.shape) for e in want.trained]
+    assert got.norms == {k: kind for k, (kind, _) in want.norms.items()}
+    assert got.extra == want.extra_values
+    assert all(eps == 1e-5 for _, eps in want.norms.values())
+    assert spec_reader.resolve(arch, config) == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in full.items()
+    }
+
+
+def test_resnet56_has_the_papers_weight_count() -> None:
+    lay = spec_reader.layout("resnet56", spec_reader.resolve("resnet56", {}))
+    assert sum(math.prod(s) for _, s in lay.layers) == 848_944
+
+
+# ------------------------------------------------------------- real bundles
+
+BUNDLES = [
+    ("mlp", Strategy("mp", seed=2), False),
+    ("mlp", Strategy("rp", seed=5, ratio=1e-2, scale="fan_in"), True),
+    ("convmixer", Strategy("mask", seed=1), False),
+    ("convmixer", Strategy("one_layer", seed=3), False),
+    ("resnet20", Strategy("rp", ratio=1e-3), False),
+    ("vit", Strategy("mp", seed=4, scale="fan_in"), True),
+    ("vit", Strategy("one_layer"), False),
+]
+
+
+@pytest.mark.parametrize(("arch", "strategy", "embed"), BUNDLES)
+def test_spec_reader_agrees_with_read_bundle(arch: str, strategy: Strategy, embed: bool) -> None:
+    config = None if arch == "mlp" else {"in_channels": 1, "image_size": 28, **SMALL[arch]}
+    data = make_bundle(arch, config, strategy, density=0.3, mask_seed=7, embed_prototype=embed)
+    ours = read_bundle(data)
+    spec = spec_reader.read(data)
+
+    assert spec.manifest == ours.manifest.model_dump(mode="json")
+    assert spec.fingerprint == ours.fingerprint
+    assert spec.layout.layers == [(s.name, list(s.shape)) for s in ours.layout.layers]
+    # masks: same bits, same layers
+    for name, packed in ours.layer_masks().items():
+        assert (
+            np.packbits(spec.masks[name].reshape(-1), bitorder="little").tobytes()
+            == packed.tobytes()
+        )
+    # state: same values under the same names
+    assert list(spec.state) == list(ours.state_tensors())
+    for name, values in ours.state_tensors().items():
+        assert np.array_equal(spec.state[name], values)
+    # the regenerated (or embedded) prototype is the same, bit for bit
+    fixed = generate(ours.layout.layers, ours.strategy)
+    theirs = spec.prototype if embed else spec.fixed
+    assert theirs is not None
+    for name, w in fixed.items():
+        assert np.array_equal(theirs[name], w.numpy()), name
+    # materialized weights (fixed * mask) and folded norms equal the real network's
+    module = Backbone.for_bundle(ours).task(ours).module
+    params = dict(module.named_parameters())
+    for name, w in spec.weights().items():
+        assert np.array_equal(params[f"net.{name}.weight"].numpy(), w), name
+    torch.manual_seed(0)
+    for name, kind in spec.layout.norms.items():
+        norm = module.net.get_submodule(name)
+        if kind == "batchnorm":
+            assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            x = torch.randn(
+                5, norm.num_features, *([3, 3] if isinstance(norm, nn.BatchNorm2d) else [])
+            )
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    norm(x), torch.from_numpy(spec.apply_norm(name, x.numpy())), rtol=0, atol=1e-6
+                )
+        else:
+            assert np.array_equal(
+                params[f"net.{name}.weight"].numpy(), spec.state[f"{name}.weight"]
+            )
+
+
+def test_spec_reader_verify_false_skips_only_the_digest() -> None:
+    data = make_bundle()
+    assert spec_reader.read(data, verify=False).fixed is None

@@ -1,0 +1,119 @@
+"""Materialization of bundles over shared backbones (round trips live in
+tests/pemn/bundle/test_roundtrip.py): what a backbone may be built from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pemn.bundle import DigestMismatch, read_bundle
+from pemn.materialize import Backbone
+from tests.pemn.bundle import craft, spec_reader
+from tests.pemn.bundle.craft import Tensor, tiny, tiny_manifest, tiny_tensors
+
+
+def _planted() -> bytes:
+    """A bundle whose embedded prototype is not the generator's, with a manifest
+    digest that matches the embedded values: valid on its own."""
+    fixed = spec_reader.generate(craft.TINY_LAYERS, {"name": "mask", "seed": 0})
+    other = {k: (v * 0 + 0.5).astype(np.float32) for k, v in fixed.items()}
+    raw = b"".join(other[n].astype("<f4").tobytes() for n, _ in craft.TINY_LAYERS)
+    manifest = tiny_manifest(prototype_embedded=True, prototype_digest=spec_reader.digest(other))
+    return tiny(manifest, [*tiny_tensors(), Tensor("prototype", "F32", [18], raw)])
+
+
+def test_planted_prototype_does_not_become_the_shared_backbone() -> None:
+    bundle = read_bundle(_planted())  # self-consistent, so the reader accepts it
+    backbone = Backbone.for_bundle(bundle)  # generated from the seed, not the file
+    genuine = read_bundle(tiny())
+    assert backbone.fingerprint == genuine.fingerprint
+    assert backbone.digest == genuine.manifest.prototype_digest
+    backbone.task(genuine)  # other tenants' tasks still load
+    with pytest.raises(DigestMismatch, match="prototype digest"):
+        backbone.task(bundle)
+
+
+def test_embedded_prototype_is_used_only_when_trusted() -> None:
+    bundle = read_bundle(_planted())
+    backbone = Backbone.for_bundle(bundle, use_embedded=True)
+    task = backbone.task(bundle)
+    weight = dict(task.module.named_parameters())["net.layers.0.weight"].numpy()
+    mask = np.unpackbits(np.frombuffer(craft.TINY_MASKS[:2], np.uint8), bitorder="little")[:12]
+    assert np.array_equal(weight.reshape(-1), 0.5 * mask.astype(np.float32))
+
+
+# ------------------------------------------------------------- caches and sharing
+
+
+def test_mp_layers_share_one_vector_and_the_backbone_counts_it_once() -> None:
+    import torch
+
+    from pemn.prototype import Strategy, generate
+    from tests.pemn.bundles import make_bundle
+
+    bundle = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}, Strategy("mp")))
+    fixed = generate(bundle.layout.layers, bundle.strategy)
+    storages = {w.untyped_storage().data_ptr() for w in fixed.values()}
+    assert len(storages) == 1
+    m = max(s.numel for s in bundle.layout.layers)
+    backbone = Backbone.for_bundle(bundle)
+    assert backbone.nbytes == 4 * m < 4 * bundle.stats.n
+    assert len({w.untyped_storage().data_ptr() for w in backbone.fixed.values()}) == 1
+    for name, w in fixed.items():
+        assert torch.equal(backbone.fixed[name], w)
+
+
+def test_task_modules_are_independent_of_each_other_and_of_the_template() -> None:
+    import torch
+
+    bundle = read_bundle(tiny())
+    backbone = Backbone.for_bundle(bundle)
+    a, b = backbone.task(bundle).module, backbone.task(bundle).module
+    calls = []
+    a.net.head.register_forward_hook(lambda *args: calls.append(1))
+    a.net.head.weight = torch.nn.Parameter(torch.zeros(2, 3), requires_grad=False)
+    x = torch.rand(2, 1, 2, 2)
+    with torch.no_grad():
+        b(x)
+        assert not calls and b.net.head.weight.abs().sum() > 0
+        a(x)
+    assert calls == [1]
+    c = backbone.task(bundle).module
+    assert not c.net.head._forward_hooks and c.net.head.weight.abs().sum() > 0
+    assert c.net.norms[0].eps == 0.0 and c.net.norms[0].running_var.tolist() == [1.0] * 3
+
+
+def test_bit_table_unpacks_like_numpy() -> None:
+    import torch
+
+    from pemn.materialize import _unpack_by_table, unpack_bits
+
+    packed = torch.randint(
+        0, 256, (1000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(_unpack_by_table(packed), unpack_bits(packed))
+    assert unpack_bits(torch.tensor([0b00000101], dtype=torch.uint8)).tolist()[:3] == [
+        True,
+        False,
+        True,
+    ]
+
+
+def test_layout_and_digest_caches() -> None:
+    from pemn.bundle.reader import generated_digest
+    from pemn.bundle.spec import arch_layout
+    from pemn.materialize import clear_caches
+
+    clear_caches()
+    small = arch_layout("convmixer", {"depth": 2})
+    assert arch_layout("convmixer", {"depth": 2}) is small
+    big = arch_layout("convmixer", {"depth": 300, "width": 8})  # 602 layers: not kept
+    assert arch_layout("convmixer", {"depth": 300, "width": 8}) is not big
+    calls = []
+    for _ in range(3):
+        generated_digest("sha256:test", lambda: calls.append(1) or {})
+    assert len(calls) == 1
+    clear_caches()
+    assert arch_layout("convmixer", {"depth": 2}) is not small
+    generated_digest("sha256:test", lambda: calls.append(1) or {})
+    assert len(calls) == 2

@@ -1,0 +1,227 @@
+"""The async API and change following (``watch``): epoch polling on every backend,
+Redis pub/sub as the fast hint, catch-up after missed messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from pemn.store import AsyncStore, Conflict, NotFound, open_async_store, open_store
+from tests.store.bundles import bundle
+from tests.store.conftest import Target, store_options
+
+
+def astore_for(target: Target, **options: Any) -> AsyncStore:
+    return open_async_store(target.url, **store_options(target, **options))
+
+
+def test_async_api_round_trip(target: Target) -> None:
+    async def main() -> None:
+        async with astore_for(target, retain=2) as s:
+            r1 = await s.put("alpha", bundle(1))
+            r2 = await s.put("alpha", bundle(2))
+            await s.put("alpha", bundle(3))
+            assert (r1.version, r2.version) == (1, 2)
+            assert (await s.get("alpha")).data == bundle(3)
+            assert (await s.get("alpha", version=2)).data == bundle(2)
+            with pytest.raises(NotFound):
+                await s.get("alpha", version=1)
+            assert [v.version for v in await s.versions("alpha")] == [2, 3]
+            assert [i.name for i in await s.list()] == ["alpha"]
+            assert (await s.info("alpha")).version == 3
+            assert await s.get_by_id(r2.content_id) == bundle(2)
+            with pytest.raises(Conflict):
+                await s.put("alpha", bundle(4), expected_version=2)
+            assert await s.epoch() == 3
+            # Concurrent calls on one async store.
+            results = await asyncio.gather(*(s.put(f"n{i}", bundle(10 + i)) for i in range(6)))
+            assert {r.name for r in results} == {f"n{i}" for i in range(6)}
+            assert await s.epoch() == 9
+            await s.delete("alpha")
+            assert [i.name for i in await s.list()] == [f"n{i}" for i in range(6)]
+
+    asyncio.run(main())
+
+
+class Watching:
+    """Consume ``store.watch(...)`` in a task; ``seen`` lists what it yielded."""
+
+    def __init__(self, store: AsyncStore, **kw: Any) -> None:
+        self.it: AsyncGenerator[int, None] = store.watch(**kw)
+        self.seen: list[int] = []
+        self.changed = asyncio.Event()
+
+    async def _run(self) -> None:
+        async for epoch in self.it:
+            self.seen.append(epoch)
+            self.changed.set()
+
+    async def __aenter__(self) -> Watching:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.it.aclose()
+
+    async def until(self, value: int, timeout: float = 5.0) -> float:
+        return await _until(self.seen, value, self.changed, timeout)
+
+
+async def _until(seen: list[int], value: int, changed: asyncio.Event, timeout: float) -> float:
+    """Wait until ``value`` was yielded; return how long it took."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while value not in seen:
+        changed.clear()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"epoch {value} not seen within {timeout}s (seen {seen})")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), left)
+    return time.monotonic() - start
+
+
+def test_watch_yields_current_epoch_then_each_change(target: Target) -> None:
+    async def main() -> None:
+        async with astore_for(target) as s, astore_for(target) as writer:
+            await writer.put("alpha", bundle(1))
+            async with Watching(s, poll_interval=0.05) as w:
+                await w.until(1)
+                for i in (2, 3):
+                    await writer.put("alpha", bundle(i))
+                    await w.until(i)
+                await writer.delete("alpha")
+                await w.until(4)
+            assert w.seen == sorted(set(w.seen)) and w.seen[0] == 1 and w.seen[-1] == 4
+
+    asyncio.run(main())
+
+
+def test_watch_since_waits_for_a_change_and_catches_up(target: Target) -> None:
+    async def main() -> None:
+        async with astore_for(target) as s:
+            await s.put("alpha", bundle(1))
+            async with contextlib.aclosing(s.watch(poll_interval=0.05, since=1)) as it:
+                first = asyncio.ensure_future(anext(it))
+                await asyncio.sleep(0.3)
+                assert not first.done()  # nothing new since epoch 1
+                await s.put("alpha", bundle(2))
+                assert await asyncio.wait_for(first, 5) == 2
+                # Missed changes (the consumer was busy) fold into the latest epoch.
+                for i in range(3, 7):
+                    await s.put("alpha", bundle(i))
+                assert await asyncio.wait_for(anext(it), 5) == 6
+            # A subscriber that was away catches up from an old epoch at once.
+            async with contextlib.aclosing(s.watch(poll_interval=60, since=2)) as late:
+                assert await asyncio.wait_for(anext(late), 5) == 6
+
+    asyncio.run(main())
+
+
+def test_watch_rejects_bad_poll_interval(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with open_async_store(tmp_path.as_uri()) as s:
+            with pytest.raises(ValueError):
+                await anext(s.watch(poll_interval=0))
+
+    asyncio.run(main())
+
+
+REDIS = [pytest.param("redis", marks=pytest.mark.redis, id="redis")]
+
+
+@pytest.mark.parametrize("target", REDIS, indirect=True)
+def test_pubsub_hint_is_fast(target: Target) -> None:
+    """With polling every 60 s, only the pub/sub hint can deliver a change quickly."""
+
+    async def main() -> None:
+        async with (
+            astore_for(target) as s,
+            astore_for(target) as writer,
+            Watching(s, poll_interval=60) as w,
+        ):
+            await w.until(0)
+            await asyncio.sleep(0.2)  # let the subscription settle
+            for epoch in (1, 2, 3):
+                await writer.put("alpha", bundle(epoch))
+                assert await w.until(epoch) < 2.0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("target", REDIS, indirect=True)
+def test_watch_catches_up_after_pubsub_messages_are_lost(target: Target) -> None:
+    """Kill the subscriber's connection, change the store while it is down: the
+    published messages are lost, yet the watcher reaches the latest epoch."""
+    import redis
+
+    async def main() -> None:
+        prefix = target.url.split("prefix=")[1]
+        async with astore_for(target) as s, astore_for(target) as writer:
+            admin = redis.Redis.from_url(target.url.split("?")[0])
+            n = 0
+            try:
+                async with Watching(s, poll_interval=0.3) as w:
+                    await w.until(0)
+                    for _ in range(3):
+                        for _ in range(100):  # until the watcher is subscribed
+                            if admin.pubsub_numsub(f"{prefix}:events")[0][1]:
+                                break
+                            await asyncio.sleep(0.02)
+                        assert admin.client_kill_filter(_type="pubsub") >= 1
+                        for _ in range(3):
+                            n += 1
+                            await writer.put("alpha", bundle(n))
+                    assert await writer.epoch() == 9
+                    await w.until(9)
+            finally:
+                admin.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("target", REDIS, indirect=True)
+def test_redis_watch_polls_without_the_hint(target: Target) -> None:
+    """Polling alone (the hint switched off) still delivers every change."""
+
+    async def main() -> None:
+        async with astore_for(target) as s:
+
+            async def no_hint() -> None:
+                return None
+
+            s._backend.open_hint = no_hint  # type: ignore[method-assign]
+            async with contextlib.aclosing(s.watch(poll_interval=0.05)) as it:
+                assert await asyncio.wait_for(anext(it), 5) == 0
+                await s.put("alpha", bundle(1))
+                assert await asyncio.wait_for(anext(it), 5) == 1
+
+    asyncio.run(main())
+
+
+def test_sync_store_works_inside_a_running_event_loop(target: Target) -> None:
+    async def main() -> None:
+        with open_store(target.url, **store_options(target)) as s:
+            s.put("alpha", bundle(1))  # runs on the store's own loop thread
+            assert s.get("alpha").data == bundle(1)
+
+    asyncio.run(main())
+
+
+def test_closed_async_store_refuses_calls(tmp_path: Any) -> None:
+    async def main() -> None:
+        s = open_async_store(tmp_path.as_uri())
+        await s.close()
+        await s.close()  # idempotent
+        with pytest.raises(RuntimeError, match="closed"):
+            await s.list()
+
+    asyncio.run(main())
