@@ -253,7 +253,7 @@ def _damaged(kind: str) -> bytes:
 
 DAMAGED = [
     ("mask bit flipped", "bundle.popcount_mismatch"),
-    ("truncated", "bundle.invalid_offsets"),
+    ("truncated", "bundle.truncated"),
     ("header length damaged", "bundle.header_invalid"),
     ("trailing bytes", None),
     ("empty", "bundle.truncated"),
