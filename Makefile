@@ -3,6 +3,8 @@
 #   make test    run the test suite (starts Redis and an S3 server on loopback when absent)
 #   make lint    ruff + mypy
 #   make bench   run every benchmark in bench/ and rewrite docs/benchmarks.md sections
+#   make compose-config  validate the compose files with Compose v2 itself (no engine needed)
+#   make image / image-gpu / up   build the images, docker compose up (needs a container engine)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +15,7 @@ PIP_TORCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data serve test test-fast lint bench clean
+.PHONY: setup data serve test test-fast lint bench compose-config deploy-check image image-gpu up clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +47,23 @@ lint: setup
 
 bench: setup data
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+compose-config: setup
+	$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")') \
+	  --env-file .env.example -f docker-compose.yml -f docker-compose.gpu.yml --profile s3 config -q
+	$(BIN)/hadolint Dockerfile
+
+deploy-check: setup
+	$(BIN)/python -m pytest tests/deploy -q
+
+image:
+	docker build -t pemn-serve:cpu .
+
+image-gpu:
+	docker build --target gpu -t pemn-serve:gpu .
+
+up:
+	docker compose up --build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
