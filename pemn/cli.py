@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -91,6 +92,80 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pemn.bundle import inspect_bundle
+
+    summary = inspect_bundle(_read_file(args.file))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    ratio = f" ratio {summary['ratio']:g}" if summary["ratio"] is not None else ""
+    print(f"{args.file}: pemn bundle v{summary['format_version']}")
+    print(f"  arch        {summary['arch']} {json.dumps(summary['config'])}")
+    print(
+        f"  strategy    {summary['strategy']}{ratio} scale {summary['scale']} seed {summary['seed']} density {summary['density']}"
+    )
+    print(
+        f"  weights     N={summary['N']:,} in {summary['layers']} layers, U={summary['U']:,} unique values"
+    )
+    print(
+        f"  size        {summary['file_size']:,} bytes; dense fp32 {summary['dense_fp32_size']:,} bytes ({summary['size_ratio']:.1f}x); paper compression {100 * summary['paper_compression']:.2f}%"
+    )
+    print(
+        f"  input       {summary['input']['shape']} mean {summary['input']['mean']} std {summary['input']['std']}"
+    )
+    print(
+        f"  labels      {', '.join(summary['labels'][:10])}{' ...' if len(summary['labels']) > 10 else ''}"
+    )
+    print(f"  metrics     {json.dumps(summary['metrics'])}")
+    print(f"  backbone    {summary['fingerprint']}")
+    print(f"  content id  {summary['content_id']}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pemn.bundle import BundleError, read_bundle
+
+    try:
+        b = read_bundle(_read_file(args.file))
+    except BundleError as exc:
+        print(f"{args.file}: invalid [{exc.code}] {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: valid ({b.manifest.arch.name}, {b.strategy.name}, {b.size:,} bytes, {b.content_id})"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from pemn.bundle import read_bundle
+    from pemn.export import export_onnx, onnx_parity
+    from pemn.materialize import materialize
+
+    bundle = read_bundle(_read_file(args.file))
+    module = materialize(bundle, "cpu")
+    shape = tuple(bundle.manifest.input.shape)
+    model = export_onnx(module, shape)  # type: ignore[arg-type]
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0))
+    diff = onnx_parity(module, model, x)
+    tmp = args.output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(model)
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output} ({len(model):,} bytes); max |onnxruntime - torch| = {diff:.3g}")
+    return 0 if diff <= args.tolerance else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pemn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--paper", action="store_true", help="the table of the paper's CIFAR models")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("inspect", help="summary of a bundle (validates it)")
+    p.add_argument("file", help="bundle file (.pemn)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "verify", help="validate a bundle fully; exit 1 with the error code when invalid"
+    )
+    p.add_argument("file", help="bundle file (.pemn)")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("export", help="export a bundle to ONNX and check it against PyTorch")
+    p.add_argument("file", help="bundle file (.pemn)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max allowed |onnx - torch| (default 1e-4)"
+    )
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -116,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:  # typed parameter errors: one sentence, non-zero exit
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # typed parameter and bundle errors: one sentence, non-zero exit
+        code = getattr(exc, "code", None)
+        print(f"error{f' [{code}]' if code else ''}: {exc}", file=sys.stderr)
         return 2

@@ -251,11 +251,12 @@ def generate(specs: Sequence[LayerSpec], strategy: Strategy) -> dict[str, torch.
     return out
 
 
-def digest(weights: Mapping[str, torch.Tensor]) -> str:
+def digest(weights: Mapping[str, torch.Tensor | np.ndarray]) -> str:
     """``"sha256:<hex>"`` over, per layer in order: name, NUL, shape "a,b,c", NUL,
     then the float32 little-endian bytes of the weights in row-major order."""
     h = hashlib.sha256()
     for name, w in weights.items():
-        h.update(name.encode() + b"\0" + ",".join(map(str, w.shape)).encode() + b"\0")
-        h.update(w.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+        arr = w.detach().to("cpu", torch.float32).numpy() if isinstance(w, torch.Tensor) else w
+        h.update(name.encode() + b"\0" + ",".join(map(str, arr.shape)).encode() + b"\0")
+        h.update(np.ascontiguousarray(arr, dtype="<f4").data)
     return "sha256:" + h.hexdigest()

@@ -18,6 +18,10 @@ from pemn.errors import InvalidParameterError, UnknownArchitectureError
 __all__ = ["create_model", "list_archs", "register", "resolve_config"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Caps that keep a hostile config (e.g. from an uploaded bundle) from making the
+# builder itself slow: any size, and the number of repeated blocks.
+MAX_SIZE = 2**24
+MAX_REPEATS = 1024
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -67,16 +71,24 @@ def resolve_config(name: str, **config: Any) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InvalidParameterError(key, value, "true or false")
         elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(key, value, "an integer >= 1")
+            cap = MAX_REPEATS if key == "depth" else MAX_SIZE
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+                raise InvalidParameterError(key, value, f"an integer in [1, {cap}]")
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise InvalidParameterError(key, value, "a number > 0")
         elif isinstance(default, tuple):
-            if not isinstance(value, list | tuple) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+            if (
+                not isinstance(value, list | tuple)
+                or len(value) > MAX_REPEATS
+                or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+                    for v in value
+                )
             ):
-                raise InvalidParameterError(key, value, "a list of integers >= 1")
+                raise InvalidParameterError(
+                    key, value, f"a list of at most {MAX_REPEATS} integers in [1, {MAX_SIZE}]"
+                )
             full[key] = tuple(value)
     return full
 

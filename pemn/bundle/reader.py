@@ -1,0 +1,396 @@
+"""The validating bundle reader.
+
+Untrusted bytes are checked in an order that never allocates more than the caps
+allow: total size, header length, header JSON, manifest, architecture (built on
+the meta device, so declared sizes cost nothing), tensor table (dtypes, shapes,
+offsets, no holes, no trailing bytes), then the data itself (mask popcounts,
+padding bits, finite trained values) through zero-copy views, and finally the
+prototype digest. Every failure raises its own ``BundleError`` subclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from pemn.archs import list_archs, resolve_config
+from pemn.bundle import errors as E
+from pemn.bundle.spec import (
+    FORMAT,
+    MAJOR_VERSION,
+    ArchLayout,
+    BundleLimits,
+    Manifest,
+    arch_layout,
+    mask_offsets,
+)
+from pemn.errors import InvalidParameterError
+from pemn.masking import kept_count
+from pemn.prototype import PrototypeStats, Strategy, digest, generate, stats
+
+__all__ = ["Bundle", "inspect_bundle", "read_bundle", "verify_prototype"]
+
+_DTYPES: dict[str, tuple[str, np.dtype[Any]]] = {
+    "masks": ("U8", np.dtype(np.uint8)),
+    "state": ("F32", np.dtype("<f4")),
+    "prototype": ("F32", np.dtype("<f4")),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle. Arrays are read-only views into ``data`` (no copies)."""
+
+    data: bytes = field(repr=False)
+    manifest: Manifest
+    layout: ArchLayout = field(repr=False)
+    strategy: Strategy
+    masks: np.ndarray = field(repr=False)  # uint8 (total mask bytes,)
+    state: np.ndarray = field(repr=False)  # float32 (total state values,)
+    prototype: np.ndarray | None = field(repr=False)  # float32 (N,) when embedded
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @cached_property
+    def content_id(self) -> str:
+        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def stats(self) -> PrototypeStats:
+        return stats(self.layout.layers, self.strategy)
+
+    def layer_masks(self) -> dict[str, np.ndarray]:
+        """Packed mask bytes of each layer (views)."""
+        offsets, _ = mask_offsets(self.layout.layers)
+        return {
+            s.name: self.masks[o : o + (s.numel + 7) // 8]
+            for s, o in zip(self.layout.layers, offsets, strict=True)
+        }
+
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        """Trained tensors by name (``<bn>.scale``/``.shift``, ``<ln>.weight``/``.bias``), views."""
+        out, pos = {}, 0
+        for e in self.layout.trained:
+            out[e.name] = self.state[pos : pos + e.numel].reshape(e.shape)
+            pos += e.numel
+        return out
+
+
+def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
+    if len(data) > limits.max_file_bytes:
+        raise E.BundleTooLarge(
+            f"bundle is {len(data)} bytes, above the {limits.max_file_bytes}-byte limit"
+        )
+    if len(data) < 8:
+        raise E.Truncated(f"bundle is {len(data)} bytes, too short for the 8-byte header length")
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if n > limits.max_header_bytes:
+        raise E.HeaderTooLarge(
+            f"header length {n} exceeds the {limits.max_header_bytes}-byte limit", "header"
+        )
+    if 8 + n > len(data):
+        raise E.Truncated(f"header declares {n} bytes but only {len(data) - 8} follow", "header")
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise E.HeaderInvalid(
+            f"header is not valid UTF-8 JSON ({exc.__class__.__name__})", "header"
+        ) from None
+    if not isinstance(header, dict):
+        raise E.HeaderInvalid("header is not a JSON object", "header")
+    return header, 8 + n
+
+
+def _manifest(header: dict[str, Any]) -> Manifest:
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise E.NotABundle(
+            "header has no __metadata__ object of strings: not a pemn bundle", "__metadata__"
+        )
+    if meta.get("format") != FORMAT:
+        raise E.NotABundle(
+            f"metadata format is {meta.get('format')!r}, expected {FORMAT!r}", "__metadata__.format"
+        )
+    if "manifest" not in meta:
+        raise E.NotABundle("metadata has no manifest", "__metadata__.manifest")
+    try:
+        doc = json.loads(meta["manifest"])
+    except (json.JSONDecodeError, RecursionError):
+        raise E.ManifestNotJSON("metadata manifest is not valid JSON", "manifest") from None
+    if not isinstance(doc, dict):
+        raise E.ManifestNotJSON("metadata manifest is not a JSON object", "manifest")
+    version = doc.get("format_version")
+    if not isinstance(version, str) or not version.partition(".")[0].isdigit():
+        raise E.ManifestInvalid(f"format_version {version!r} is not MAJOR.MINOR", "format_version")
+    if int(version.partition(".")[0]) != MAJOR_VERSION:
+        raise E.UnsupportedVersion(
+            f"format_version {version} is not supported (this reader reads {MAJOR_VERSION}.x)",
+            "format_version",
+        )
+    try:
+        return Manifest.model_validate_json(meta["manifest"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        raise E.ManifestInvalid(f"manifest field {where}: {err['msg']}", where) from None
+
+
+def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strategy]:
+    if m.arch.name not in list_archs():
+        raise E.UnknownArchitecture(
+            f"architecture {m.arch.name!r} is unknown (known: {', '.join(list_archs())})",
+            "arch.name",
+        )
+    try:
+        config = resolve_config(m.arch.name, **m.arch.config)
+        strategy = m.strategy.to_strategy()
+    except InvalidParameterError as exc:
+        where = "strategy" if exc.param in ("strategy", "seed", "ratio", "scale") else "arch.config"
+        raise E.ManifestInvalid(f"manifest {where}: {exc}", f"{where}.{exc.param}") from None
+    if len(m.layers) > limits.max_layers:
+        raise E.ModelTooLarge(
+            f"{len(m.layers)} layers exceed the {limits.max_layers}-layer limit", "layers"
+        )
+    declared_n = sum(e.numel for e in m.layers)
+    if declared_n > limits.max_weights:
+        raise E.ModelTooLarge(
+            f"{declared_n} weights exceed the {limits.max_weights}-weight limit", "layers"
+        )
+    try:
+        layout = arch_layout(m.arch.name, config)
+    except (ValueError, RuntimeError) as exc:  # e.g. a config too small for its own kernels
+        raise E.ManifestInvalid(
+            f"manifest arch.config cannot be built: {exc}", "arch.config"
+        ) from None
+    if len(layout.layers) > limits.max_layers or layout.n > limits.max_weights:
+        raise E.ModelTooLarge(
+            f"architecture has {layout.n} weights in {len(layout.layers)} layers, above the limits",
+            "arch",
+        )
+    expected = [(s.name, list(s.shape)) for s in layout.layers]
+    got = [(e.name, e.shape) for e in m.layers]
+    if got != expected:
+        i = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+            min(len(got), len(expected)),
+        )
+        want = expected[i] if i < len(expected) else "no more layers"
+        raise E.ArchitectureMismatch(
+            f"manifest layers[{i}] is {got[i] if i < len(got) else 'missing'}, the architecture has {want}",
+            f"layers[{i}]",
+        )
+    if [(e.name, e.shape) for e in m.trained] != [(e.name, e.shape) for e in layout.trained]:
+        raise E.ArchitectureMismatch(
+            "manifest trained tensors differ from the architecture's norm layers", "trained"
+        )
+    if tuple(m.input.shape) != (config["in_channels"], config["image_size"], config["image_size"]):
+        raise E.ManifestInvalid(
+            f"manifest input.shape {list(m.input.shape)} differs from the architecture's input",
+            "input.shape",
+        )
+    if len(m.labels) != config["num_classes"]:
+        raise E.ManifestInvalid(
+            f"manifest has {len(m.labels)} labels for {config['num_classes']} classes", "labels"
+        )
+    return layout, strategy
+
+
+def _tensors(
+    header: dict[str, Any],
+    m: Manifest,
+    layout: ArchLayout,
+    data: bytes,
+    start: int,
+    limits: BundleLimits,
+) -> dict[str, np.ndarray]:
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > limits.max_tensors:
+        raise E.TooManyTensors(
+            f"header declares {len(entries)} tensors, above the limit of {limits.max_tensors}"
+        )
+    _, mask_bytes = mask_offsets(layout.layers)
+    expected_shape = {"masks": [mask_bytes], "state": [sum(e.numel for e in layout.trained)]}
+    if m.prototype_embedded:
+        expected_shape["prototype"] = [layout.n]
+    for name in entries:
+        if name not in expected_shape:
+            raise E.UnexpectedTensor(f"tensor {name!r} is not part of the format", name)
+    for name in expected_shape:
+        if name not in entries:
+            raise E.MissingTensor(f"tensor {name!r} is missing", name)
+    buffer_len = len(data) - start
+    spans = []
+    for name, info in entries.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise E.HeaderInvalid(
+                f"tensor {name!r} entry needs exactly dtype, shape and data_offsets", name
+            )
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype != _DTYPES[name][0]:
+            raise E.WrongDtype(
+                f"tensor {name!r} has dtype {dtype!r}, the format requires {_DTYPES[name][0]}", name
+            )
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise E.HeaderInvalid(
+                f"tensor {name!r} shape is not a list of non-negative integers", name
+            )
+        if shape != expected_shape[name]:
+            raise E.WrongShape(
+                f"tensor {name!r} has shape {shape}, the architecture requires {expected_shape[name]}",
+                name,
+            )
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+        ):
+            raise E.HeaderInvalid(f"tensor {name!r} data_offsets is not a pair of integers", name)
+        b, e = offsets
+        if not 0 <= b <= e <= buffer_len:
+            raise E.InvalidOffsets(
+                f"tensor {name!r} data_offsets {offsets} fall outside the {buffer_len}-byte data",
+                name,
+            )
+        if e - b != math.prod(shape) * _DTYPES[name][1].itemsize:
+            raise E.InvalidOffsets(
+                f"tensor {name!r} spans {e - b} bytes but its shape needs {math.prod(shape) * _DTYPES[name][1].itemsize}",
+                name,
+            )
+        spans.append((b, e, name))
+    pos = 0
+    for b, e, name in sorted(spans):
+        if b != pos:
+            raise E.InvalidOffsets(
+                f"tensor {name!r} starts at {b}, expected {pos} (overlap or hole)", name
+            )
+        pos = e
+    if pos != buffer_len:
+        raise E.TrailingBytes(f"{buffer_len - pos} bytes follow the last tensor", "data")
+    return {
+        name: np.frombuffer(
+            data,
+            dtype=_DTYPES[name][1],
+            count=math.prod(info["shape"]),
+            offset=start + info["data_offsets"][0],
+        )
+        for name, info in entries.items()
+    }
+
+
+def _popcount(a: np.ndarray) -> int:
+    return int(np.bitwise_count(a).sum(dtype=np.int64))
+
+
+def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) -> None:
+    masks = arrays["masks"]
+    offsets, _ = mask_offsets(layout.layers)
+    for s, o in zip(layout.layers, offsets, strict=True):
+        nbytes = (s.numel + 7) // 8
+        chunk = masks[o : o + nbytes]
+        spare = nbytes * 8 - s.numel
+        if spare and int(chunk[-1]) >> (8 - spare):
+            raise E.NonZeroPadding(
+                f"mask of layer {s.name!r} has non-zero padding bits", f"masks.{s.name}"
+            )
+        kept, want = _popcount(chunk), kept_count(s.numel, m.density)
+        if kept != want:
+            raise E.PopcountMismatch(
+                f"mask of layer {s.name!r} keeps {kept} of {s.numel} weights; density {m.density} requires {want}",
+                f"masks.{s.name}",
+            )
+    state = arrays["state"]
+    if not np.isfinite(state).all():
+        raise E.NonFiniteValue("tensor 'state' holds NaN or infinite values", "state")
+    if "prototype" in arrays and not np.isfinite(arrays["prototype"]).all():
+        raise E.NonFiniteValue("tensor 'prototype' holds NaN or infinite values", "prototype")
+
+
+def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:
+    """Check the manifest's prototype digest against ``actual_digest`` (e.g. of a
+    resident backbone) or, when None, against the regenerated/embedded prototype."""
+    if actual_digest is None:
+        if bundle.prototype is not None:
+            views, pos = {}, 0
+            for s in bundle.layout.layers:
+                views[s.name] = bundle.prototype[pos : pos + s.numel].reshape(s.shape)
+                pos += s.numel
+            actual_digest = digest(views)
+        else:
+            actual_digest = digest(generate(bundle.layout.layers, bundle.strategy))
+    if actual_digest != bundle.manifest.prototype_digest:
+        raise E.DigestMismatch(
+            f"prototype digest {actual_digest} differs from the manifest's {bundle.manifest.prototype_digest}",
+            "prototype_digest",
+        )
+
+
+def read_bundle(data: bytes, *, limits: BundleLimits | None = None, verify: bool = True) -> Bundle:
+    """Validate ``data`` and return a ``Bundle`` of zero-copy views.
+
+    ``verify=False`` skips only the prototype digest check (the caller then calls
+    ``verify_prototype`` with the digest of a backbone it already holds).
+    """
+    limits = limits or BundleLimits()
+    data = bytes(data)
+    header, start = _header(data, limits)
+    manifest = _manifest(header)
+    layout, strategy = _architecture(manifest, limits)
+    arrays = _tensors(header, manifest, layout, data, start, limits)
+    _check_data(manifest, layout, arrays)
+    bundle = Bundle(
+        data, manifest, layout, strategy, arrays["masks"], arrays["state"], arrays.get("prototype")
+    )
+    if verify:
+        verify_prototype(bundle)
+    return bundle
+
+
+def inspect_bundle(
+    data: bytes, *, limits: BundleLimits | None = None, verify: bool = True
+) -> dict[str, Any]:
+    """Validate ``data`` and summarise it as a JSON-able dict."""
+    b = read_bundle(data, limits=limits, verify=verify)
+    st = b.stats
+    m = b.manifest
+    # the same network stored dense in fp32: weights plus norms (a BatchNorm has 4 vectors, stored folded as 2)
+    norm_values = sum(
+        e.numel * (2 if b.layout.norms[e.name.rpartition(".")[0]][0] == "batchnorm" else 1)
+        for e in b.layout.trained
+    )
+    dense = 4 * (st.n + norm_values)
+    return {
+        "format_version": m.format_version,
+        "arch": m.arch.name,
+        "config": dict(m.arch.config),
+        "strategy": m.strategy.name,
+        "ratio": m.strategy.ratio,
+        "scale": m.strategy.scale,
+        "seed": m.strategy.seed,
+        "density": m.density,
+        "layers": len(b.layout.layers),
+        "N": st.n,
+        "U": st.u,
+        "paper_compression": st.compression,
+        "file_size": b.size,
+        "dense_fp32_size": dense,
+        "size_ratio": dense / b.size,
+        "input": m.input.model_dump(mode="json"),
+        "labels": list(m.labels),
+        "metrics": dict(m.metrics),
+        "provenance": dict(m.provenance),
+        "fingerprint": b.fingerprint,
+        "prototype_digest": m.prototype_digest,
+        "content_id": b.content_id,
+    }

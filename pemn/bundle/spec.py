@@ -1,0 +1,223 @@
+"""The bundle format's constants, limits, manifest schema and derived layouts.
+
+See docs/bundle-format.md for the byte-level specification; this module is its
+executable half: the pydantic ``Manifest`` model (from which the checked-in JSON
+Schema is generated), canonical JSON, the backbone fingerprint, and the layouts
+of the packed ``masks`` and ``state`` tensors derived from an architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+from torch import nn
+
+from pemn.archs import create_model
+from pemn.prototype import GENERATOR, LayerSpec, Strategy, layer_specs
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "BundleLimits",
+    "InputSpec",
+    "Manifest",
+    "NormKind",
+    "TensorEntry",
+    "arch_layout",
+    "canonical_json",
+    "fingerprint",
+    "mask_offsets",
+]
+
+FORMAT = "pemn-bundle"
+FORMAT_VERSION = "1.0"
+MAJOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """Caps the reader enforces before it allocates anything large."""
+
+    max_file_bytes: int = 64 * 2**20  # whole bundle
+    max_header_bytes: int = 2**20  # safetensors JSON header
+    max_tensors: int = 8  # the format defines 3
+    max_layers: int = 4096  # maskable layers of the declared architecture
+    max_weights: int = 2**27  # N: the materialized network is 4N bytes
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, ASCII only, no NaN: the same value gives the same bytes."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+_Name = Annotated[str, Field(min_length=1, max_length=256)]
+_Dim = Annotated[int, Field(ge=1, le=2**31)]
+_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+_ConfigValue = StrictBool | StrictInt | StrictFloat | list[StrictInt]
+
+
+class _Model(BaseModel):
+    # strict: no "1" -> 1 coercion; ignore: later minor versions may add optional fields
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class ArchEntry(_Model):
+    name: _Name
+    config: Annotated[dict[str, _ConfigValue], Field(max_length=64)]
+
+
+class StrategyEntry(_Model):
+    name: _Name
+    seed: Annotated[int, Field(ge=0, lt=2**53)]
+    ratio: float | None = None
+    scale: StrictStr = "paper"
+
+    def to_strategy(self) -> Strategy:
+        return Strategy(self.name, seed=self.seed, ratio=self.ratio, scale=self.scale)
+
+
+class TensorEntry(_Model):
+    """A named tensor of the architecture (a maskable layer or a trained tensor)."""
+
+    name: _Name
+    shape: Annotated[list[_Dim], Field(min_length=1, max_length=8)]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class InputSpec(_Model):
+    """What the network takes: (C, H, W) float32 pixels in ``range``, normalised per
+    channel as ``(x - mean) / std`` by the runtime before the first layer."""
+
+    shape: tuple[_Dim, _Dim, _Dim]
+    mean: Annotated[tuple[float, ...], Field(min_length=1, max_length=64)]
+    std: Annotated[tuple[Annotated[float, Field(gt=0)], ...], Field(min_length=1, max_length=64)]
+    dtype: Literal["float32"] = "float32"
+    range: tuple[float, float] = (0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputSpec:
+        if not len(self.mean) == len(self.std) == self.shape[0]:
+            raise ValueError(f"mean and std need one value per channel ({self.shape[0]})")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, *self.range)):
+            raise ValueError("mean, std and range must be finite")
+        return self
+
+
+class Manifest(_Model):
+    """The bundle's self-description, stored as canonical JSON in the safetensors
+    metadata key ``manifest``."""
+
+    format: Literal["pemn-bundle"]
+    format_version: Annotated[str, Field(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
+    arch: ArchEntry
+    strategy: StrategyEntry
+    generator: Literal["splitmix64-boxmuller-v1"]
+    prototype_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    prototype_embedded: StrictBool = False
+    density: Annotated[float, Field(gt=0, lt=1)]
+    layers: Annotated[list[TensorEntry], Field(min_length=1, max_length=65536)]
+    trained: Annotated[list[TensorEntry], Field(max_length=65536)]
+    input: InputSpec
+    labels: Annotated[
+        list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=100_000)
+    ]
+    metrics: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
+    provenance: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.arch.name, self.arch.config, self.strategy.to_strategy())
+
+
+assert GENERATOR == "splitmix64-boxmuller-v1"  # the Literal above names the same generator
+
+
+def fingerprint(arch: str, config: Mapping[str, Any], strategy: Strategy) -> str:
+    """Identity of a backbone: sha256 of the canonical JSON of architecture, full
+    config, strategy (name, seed, ratio, scale) and generator."""
+    from pemn.archs import resolve_config
+
+    full = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in resolve_config(arch, **config).items()
+    }
+    doc = {"arch": arch, "config": full, "strategy": strategy.as_dict(), "generator": GENERATOR}
+    return "sha256:" + hashlib.sha256(canonical_json(doc).encode()).hexdigest()
+
+
+NormKind = Literal["batchnorm", "layernorm"]
+
+
+@dataclass(frozen=True)
+class ArchLayout:
+    """What a bundle of one architecture must contain, derived without allocating
+    weights (the model is built on the meta device)."""
+
+    layers: list[LayerSpec]  # maskable layers, module order
+    trained: list[TensorEntry]  # state entries in storage order
+    norms: dict[str, tuple[NormKind, float]]  # norm module name -> (kind, eps)
+
+    @property
+    def n(self) -> int:
+        return sum(s.numel for s in self.layers)
+
+
+def arch_layout(arch: str, config: Mapping[str, Any]) -> ArchLayout:
+    """Layers and trained tensors of ``arch(**config)``. BatchNorm modules are stored
+    folded as ``<name>.scale`` and ``<name>.shift``; LayerNorm as ``.weight``/``.bias``."""
+    with torch.device("meta"):
+        model = create_model(arch, **config)
+    return _layout(model)
+
+
+def _layout(model: nn.Module) -> ArchLayout:
+    trained: list[TensorEntry] = []
+    norms: dict[str, tuple[NormKind, float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if not module.affine or not module.track_running_stats:
+                raise ValueError(f"{name}: batch norms must be affine with running statistics")
+            norms[name] = ("batchnorm", float(module.eps))
+            trained += [
+                TensorEntry(name=f"{name}.{leaf}", shape=[module.num_features])
+                for leaf in ("scale", "shift")
+            ]
+        elif isinstance(module, nn.LayerNorm):
+            if not module.elementwise_affine or module.bias is None:
+                raise ValueError(f"{name}: layer norms must have weight and bias")
+            norms[name] = ("layernorm", float(module.eps))
+            shape = list(module.normalized_shape)
+            trained += [
+                TensorEntry(name=f"{name}.{leaf}", shape=shape) for leaf in ("weight", "bias")
+            ]
+    return ArchLayout(layers=layer_specs(model), trained=trained, norms=norms)
+
+
+def mask_offsets(layers: list[LayerSpec]) -> tuple[list[int], int]:
+    """Byte offset of each layer's packed mask in ``masks``, and the total length:
+    layer l occupies ceil(n_l / 8) bytes starting where layer l-1 ended."""
+    offsets, pos = [], 0
+    for s in layers:
+        offsets.append(pos)
+        pos += (s.numel + 7) // 8
+    return offsets, pos

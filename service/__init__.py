@@ -1,0 +1,3 @@
+"""service: the FastAPI app that stores, materializes and serves PEMN bundles."""
+
+__version__ = "0.1.0"

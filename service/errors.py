@@ -1,0 +1,107 @@
+"""API errors: every 4xx/5xx body is ``{"error": <one sentence>, "code": <stable code>}``.
+
+Expected failures raise ``APIError`` (or a typed library error mapped here);
+anything else is logged with its context and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pemn.bundle import BundleError
+from pemn.store import InvalidBundle, InvalidName, NotFound, StoreError, TooLarge, Unavailable
+
+__all__ = ["APIError", "install_error_handlers"]
+
+log = logging.getLogger("service")
+
+_STORE_STATUS = {
+    "store.not_found": 404,
+    "store.conflict": 409,
+    "store.unavailable": 503,
+    "store.corrupt": 500,
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def _body(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return (
+            400,
+            "request.malformed_json",
+            f"request body is not valid JSON: {first.get('msg', '')}",
+        )
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    where = ".".join(loc) or "request"
+    return 422, "request.invalid", f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api(request: Request, exc: APIError) -> JSONResponse:
+        return _body(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(BundleError)
+    async def _bundle(request: Request, exc: BundleError) -> JSONResponse:
+        status = 413 if exc.code == "bundle.too_large" else 422
+        return _body(status, exc.code, f"invalid bundle: {exc}")
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        if isinstance(exc, TooLarge):
+            return _body(413, exc.code, str(exc))
+        if isinstance(exc, InvalidBundle):
+            return _body(422, getattr(exc, "bundle_code", None) or exc.code, str(exc))
+        if isinstance(exc, InvalidName):
+            return _body(422, exc.code, str(exc))
+        if isinstance(exc, NotFound):
+            return _body(404, exc.code, str(exc))
+        if isinstance(exc, Unavailable):
+            return _body(503, exc.code, str(exc), {"Retry-After": "1"})
+        status = _STORE_STATUS.get(exc.code, 500)
+        if status == 500:
+            log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+        return _body(status, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, code, message = _validation_message(exc)
+        return _body(status, code, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, f"http_{exc.status_code}"
+        )
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            message = f"{message.lower()}: {request.method} {request.url.path}"
+        return _body(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _body(500, "internal", "internal server error; the failure was logged")

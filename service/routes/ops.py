@@ -1,0 +1,44 @@
+"""Operations: the index, Prometheus metrics and a cache/registry status view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import __version__
+from service.deps import ServiceDep
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/", summary="Service index")
+async def index(svc: ServiceDep) -> dict[str, Any]:
+    return {
+        "service": "pemn-serve",
+        "version": __version__,
+        "ready": svc.ready,
+        "models": len(svc.registry.names),
+        "docs": "/docs",
+        "endpoints": ["/models", "/predict", "/v2", "/v2/health/ready", "/metrics", "/status"],
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(svc: ServiceDep) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/status", summary="Device, cache and store status")
+async def status(svc: ServiceDep) -> dict[str, Any]:
+    return {
+        "ready": svc.ready,
+        "status": svc.status,
+        "store": svc.store.url,
+        "store_epoch": svc.registry.synced_epoch,
+        "queue_depth": svc.batcher.depth,
+        **svc.registry.stats(),
+    }

@@ -1,0 +1,67 @@
+"""``POST /predict``: the native inference endpoint. Every request names its model,
+so consecutive requests may use different tasks over one shared backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+
+from service.deps import ServiceDep
+from service.errors import APIError
+from service.inference import infer
+from service.inputs import decode_npy_b64, to_batch, top_k
+from service.registry import Loaded
+from service.schemas import ClassScore, PredictItem, PredictRequest, PredictResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Classify inputs with a named model",
+    responses={
+        404: {"description": "unknown model or version"},
+        413: {"description": "too many items"},
+        422: {"description": "inputs of the wrong shape or dtype"},
+        503: {"description": "queue full or not ready (Retry-After)"},
+        504: {"description": "deadline exceeded"},
+    },
+)
+async def predict(req: PredictRequest, svc: ServiceDep) -> PredictResponse:
+    """Run ``inputs`` through ``model`` (latest version unless ``version``) and return
+    the ``top_k`` classes per item with label names and probabilities."""
+    if req.top_k > svc.settings.max_top_k:
+        raise APIError(
+            422,
+            "request.bad_top_k",
+            f"top_k {req.top_k} exceeds the limit of {svc.settings.max_top_k}",
+        )
+    raw = decode_npy_b64(req.inputs) if isinstance(req.inputs, str) else req.inputs
+
+    def decode(loaded: Loaded) -> np.ndarray:
+        return to_batch(raw, loaded.input_shape, svc.settings.max_items_per_request, req.model)
+
+    result = await infer(svc, "predict", req.model, req.version, decode, req.timeout_ms)
+    labels = result.loaded.labels
+    idx, prob = top_k(result.logits, req.top_k)
+    outputs = [
+        PredictItem(
+            top=[
+                ClassScore(index=int(i), label=labels[int(i)], probability=float(p))
+                for i, p in zip(ri, rp, strict=True)
+            ],
+            logits=[float(v) for v in row] if req.return_logits else None,
+        )
+        for ri, rp, row in zip(idx, prob, result.logits, strict=True)
+    ]
+    ref = result.loaded.ref
+    return PredictResponse(
+        model=ref.name,
+        version=ref.version,
+        content_id=ref.content_id,
+        runtime=result.loaded.runtime,
+        outputs=outputs,
+    )

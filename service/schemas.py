@@ -1,0 +1,180 @@
+"""Request and response bodies (``XCreate``/``XPublic`` naming as in the FastAPI
+template), with OpenAPI examples."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ClassScore",
+    "InferInput",
+    "InferOutput",
+    "InferRequest",
+    "InferRequestedOutput",
+    "InferResponse",
+    "ModelPublic",
+    "ModelsPublic",
+    "PredictItem",
+    "PredictRequest",
+    "PredictResponse",
+    "VersionPublic",
+]
+
+
+class VersionPublic(BaseModel):
+    version: int
+    content_id: str
+    size: int
+    created_at: datetime
+
+
+class ModelPublic(BaseModel):
+    """A model (task) as the API shows it."""
+
+    name: str
+    version: int
+    content_id: str
+    created: bool | None = Field(
+        None, description="upload only: false when identical bytes were already the latest"
+    )
+    architecture: str
+    config: dict[str, Any]
+    strategy: str
+    ratio: float | None
+    seed: int
+    backbone: str = Field(
+        description="backbone fingerprint shared by tasks with the same architecture, strategy and seed"
+    )
+    file_size: int
+    dense_fp32_size: int
+    size_ratio: float
+    input_shape: list[int]
+    labels: list[str]
+    metrics: dict[str, Any]
+    versions: list[VersionPublic] | None = None
+    loaded: list[dict[str, Any]] = Field(
+        default_factory=list, description="materialized runtimes and their device"
+    )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+_PREDICT_EXAMPLE: dict[str, Any] = {
+    "model": "fashion-mnist",
+    "inputs": [[[[0.0] * 28] * 28]],
+    "top_k": 3,
+}
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PREDICT_EXAMPLE]})
+
+    model: str = Field(min_length=1, max_length=128, description="model (task) name")
+    version: int | None = Field(None, ge=1, description="a specific version; latest when absent")
+    inputs: list[Any] | str = Field(
+        description="(batch, C, H, W) or (C, H, W) pixels in the model's input range as nested lists, "
+        "or the base64 of a .npy file holding such an array (float32/float64, or uint8 scaled by 1/255)"
+    )
+    top_k: int = Field(5, ge=1, description="classes returned per item")
+    return_logits: bool = Field(False, description="also return the raw logits")
+    timeout_ms: float | None = Field(
+        None, gt=0, description="deadline for this request (server default otherwise)"
+    )
+
+
+class ClassScore(BaseModel):
+    index: int
+    label: str
+    probability: float
+
+
+class PredictItem(BaseModel):
+    top: list[ClassScore]
+    logits: list[float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    content_id: str
+    runtime: str
+    outputs: list[PredictItem]
+
+
+# ---- Open Inference Protocol v2 (KServe / Triton REST) -----------------------
+
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferRequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "1",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 1, 28, 28],
+                            "datatype": "FP32",
+                            "data": [0.0] * 784,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferOutput]

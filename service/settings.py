@@ -1,0 +1,119 @@
+"""Service configuration: one pydantic-settings ``Settings`` (environment prefix
+``PEMN_``), served by a cached ``get_settings()`` that tests override."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_SECRETS", "Settings", "get_settings"]
+
+# Values that must never guard a non-development deployment.
+DEFAULT_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development", "pemn"}
+
+
+class Settings(BaseSettings):
+    """Every field can be set as ``PEMN_<FIELD>`` in the environment (or a .env file)."""
+
+    model_config = SettingsConfigDict(env_prefix="PEMN_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses to start without a real API key"
+    )
+    host: str = Field("127.0.0.1", description="bind address of `python -m service`")
+    port: int = Field(8000, ge=1, le=65535, description="port of `python -m service`")
+    store_url: str = Field(
+        "file://./var/store",
+        description="bundle store: file:///dir, redis://host:port/db?prefix=p, s3://bucket/prefix",
+    )
+    api_key: SecretStr | None = Field(None, description="required for POST/DELETE /models when set")
+    max_upload_bytes: int = Field(64 * 2**20, ge=1024, description="largest accepted bundle upload")
+    max_request_bytes: int = Field(
+        32 * 2**20, ge=1024, description="largest accepted predict/infer body"
+    )
+    cache_bytes: int = Field(
+        1 << 30, ge=0, description="budget of materialized task weights per device"
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="default runtime for every model"
+    )
+    runtime_overrides: Annotated[dict[str, Literal["torch", "onnx"]], NoDecode] = Field(
+        default_factory=dict, description="per-model runtime, e.g. 'fashion=onnx,mnist=torch'"
+    )
+    max_batch_size: int = Field(64, ge=1, le=4096, description="items per executed batch")
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, le=10_000, description="how long a batch waits to fill"
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="queued requests beyond which the server answers 503"
+    )
+    request_timeout_ms: float = Field(
+        30_000, gt=0, description="per-request deadline (504 when exceeded)"
+    )
+    max_items_per_request: int = Field(1024, ge=1, description="largest batch one request may send")
+    max_top_k: int = Field(100, ge=1)
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="models to materialize at startup ('*' for all), comma-separated",
+    )
+    preload_dir: Path | None = Field(
+        None, description="upload every *.pemn here into the store at startup"
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="store change polling (pub/sub is the fast path)"
+    )
+    store_hints: bool = Field(
+        True, description="follow the store's pub/sub hints; false: polling only"
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="torch intra-op threads (0: torch's default)"
+    )
+    log_level: str = Field("info")
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("runtime_overrides", mode="before")
+    @classmethod
+    def _split_map(cls, v: object) -> object:
+        if isinstance(v, str):
+            out = {}
+            for item in filter(None, (p.strip() for p in v.split(","))):
+                name, sep, runtime = item.partition("=")
+                if not sep:
+                    raise ValueError(f"runtime_overrides entry {item!r} is not NAME=RUNTIME")
+                out[name.strip()] = runtime.strip()
+            return out
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Settings:
+        if self.environment != "development":
+            key = self.api_key.get_secret_value() if self.api_key else ""
+            if key.strip().lower() in DEFAULT_SECRETS or len(key) < 16:
+                raise ValueError(
+                    "PEMN_API_KEY must be set to a secret of at least 16 characters outside development "
+                    "(PEMN_ENVIRONMENT=production); refusing to start"
+                )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
