@@ -119,7 +119,7 @@ def export_run(
         from trainer.bundling import bundle_bytes_and_accuracy
 
         blob, accuracy, pred = bundle_bytes_and_accuracy(
-            cfg, model, data, result, metrics, provenance or {}
+            cfg, model, data, metrics, provenance or {}
         )
     atomic_write_bytes(out, blob)
     agree = float((pred == score_pred).double().mean())

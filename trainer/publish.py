@@ -10,7 +10,6 @@ that an unreachable target fails in seconds, not after the run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.error
 import urllib.parse
@@ -45,12 +44,7 @@ class Publisher:
         return self.scheme in ("http", "https")
 
     def _store(self) -> Any:
-        if importlib.util.find_spec("pemn.store") is None:
-            raise PublishError(
-                f"cannot publish to {self.url}: bundle stores (pemn.store) are not in this tree yet; "
-                "publish to a running service (http://...) instead"
-            )
-        from pemn.store import open_store  # type: ignore[import-not-found,unused-ignore]
+        from pemn.store import open_store
 
         try:
             return open_store(self.url)
@@ -78,18 +72,31 @@ class Publisher:
             if status != 200:
                 raise PublishError(f"the service at {self.url} is not live (HTTP {status})")
         else:
-            self._store()
+            store = self._store()
+            try:
+                store.epoch()  # one round trip to the backend
+            except Exception as exc:
+                raise PublishError(f"cannot reach the store {self.url}: {exc}") from None
+            finally:
+                store.close()
 
     def publish(self, data: bytes) -> str:
         """Upload ``data`` under ``self.name``; returns where it went."""
         if not self.is_service:
-            self._store().put(self.name, data)
-            return self.url
+            store = self._store()
+            try:
+                result = store.put(self.name, data)
+            except Exception as exc:
+                raise PublishError(f"the store {self.url} refused the bundle: {exc}") from None
+            finally:
+                store.close()
+            return f"{self.url} (version {result.version})"
         query = urllib.parse.urlencode({"name": self.name})
         status, body = self._request("POST", f"/models?{query}", data)
         if status not in (200, 201):
             try:
-                detail = json.loads(body).get("detail", body.decode(errors="replace"))
+                payload = json.loads(body)
+                detail = payload.get("error") or payload.get("detail") or body.decode()
             except (ValueError, AttributeError):
                 detail = body.decode(errors="replace")
             raise PublishError(

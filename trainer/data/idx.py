@@ -12,6 +12,7 @@ Fashion-MNIST; ``~/.cache/pemn/datasets/mnist``, filled by
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -63,7 +64,14 @@ _SOURCES = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """The uint8 array stored in IDX file ``path`` (``.gz`` is decompressed)."""
+    """The uint8 array stored in IDX file ``path`` (``.gz`` is decompressed); read-only.
+    Decoded files are cached per process, keyed by path, size and modification time."""
+    stat = path.stat()
+    return _read_idx_cached(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: Path, size: int, mtime_ns: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
