@@ -93,6 +93,7 @@ def export_run(
     metrics = {
         "dataset": cfg.dataset,
         "test_examples": len(data.test),
+        "eval_batch_size": cfg.eval_batch_size,
         "epochs": cfg.epochs,
         "score_model_test_accuracy": result["test_accuracy"],
     }

@@ -87,13 +87,35 @@ def run_sweep(
 
 
 def _write_outputs(results: list[dict[str, Any]], out_dir: Path) -> None:
-    atomic_write_bytes(out_dir / "table.md", render_table(results).encode())
+    text = render_table(results)
+    if any(r["config"]["scale"] == "fan_in" for r in results):
+        text += "\n" + render_scales(results)
+    atomic_write_bytes(out_dir / "table.md", text.encode())
     write_plot(results, out_dir / "size.png")
 
 
 def _size_bytes_paper(r: dict[str, Any]) -> float:
     s = r["stats"]
     return (32 * s["N"] if r["config"]["strategy"] == "dense" else s["N"] + 32 * s["U"]) / 8
+
+
+def render_scales(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per strategy, the reference (paper) scaling beside fan_in."""
+    by_key = {
+        (r["config"]["strategy"], r["config"]["ratio"], r["config"]["scale"]): r for r in results
+    }
+    rows = []
+    for (strategy, ratio, scale), r in by_key.items():
+        if scale != "paper":
+            continue
+        other = by_key.get((strategy, ratio, "fan_in"))
+        name = strategy if ratio is None else f"{strategy} {ratio:g}"
+        fan_in = "" if other is None else f"{100 * other['test_accuracy']:.2f}"
+        rows.append(f"| {name} | {100 * r['test_accuracy']:.2f} | {fan_in} |")
+    return (
+        "| strategy | test acc. %, paper scaling | test acc. %, fan_in scaling |\n"
+        "|---|---:|---:|\n" + "\n".join(rows) + "\n"
+    )
 
 
 def render_table(results: list[dict[str, Any]]) -> str:
@@ -128,18 +150,14 @@ def write_plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        cfg = r["config"]
-        acc = 100 * r["test_accuracy"]
-        if cfg["strategy"] == "dense":
-            ax.axhline(acc, color="black", linestyle="--", label=f"dense ({acc:.2f} %)")
-            continue
     series: dict[str, list[tuple[float, float, str]]] = {}
     for r in results:
         cfg = r["config"]
         if cfg["strategy"] == "dense":
+            acc = 100 * r["test_accuracy"]
+            ax.axhline(acc, color="black", linestyle="--", label=f"dense ({acc:.2f} %)")
             continue
-        key = cfg["scale"] if cfg["strategy"] in ("mp", "rp") else "paper"
+        key = cfg["scale"]
         series.setdefault(key, []).append(
             (_size_bytes_paper(r) / 1024, 100 * r["test_accuracy"], r["label"])
         )

@@ -30,8 +30,10 @@ def test_small_sweep_writes_table_plot_bundles_and_skips_on_rerun(tmp_path):
     lines: list[str] = []
     results = run_sweep(configs, tmp_path, progress=False, echo=lines.append)
     assert [r["label"] for r in results] == ["dense", "mp", "rp-0.1", "mp-fan_in", "rp-0.1-fan_in"]
-    table = (tmp_path / "table.md").read_text().splitlines()
+    flat, scales = (tmp_path / "table.md").read_text().split("\n\n")
+    table = flat.splitlines()
     assert len(table) == 2 + 5 and table[2].startswith("| dense |")
+    assert "| mp |" in scales and "| rp 0.1 |" in scales  # paper scaling beside fan_in
     assert (tmp_path / "size.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "rp-0.1" / "bundle.pemn").exists()
     assert (tmp_path / "dense" / "dense.safetensors").exists()
