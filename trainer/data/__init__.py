@@ -1,5 +1,36 @@
-"""Datasets for the trainer: IDX (Fashion-MNIST, MNIST) readers."""
+"""Datasets for the trainer: Fashion-MNIST and MNIST (IDX), CIFAR-10/100 (binary),
+held in memory as uint8 tensors; seeded batches with tensor-op augmentation."""
 
-from trainer.data.idx import FASHION_MNIST_DIR, load_fashion_mnist, read_idx
+from trainer.data.batches import Augment, Normalize, augment, steps_per_epoch, train_batches
+from trainer.data.cifar import load_cifar, write_cifar_binary
+from trainer.data.datasets import (
+    DATASET_SHAPES,
+    DATASETS,
+    ImageSet,
+    channel_stats,
+    derive_seed,
+    load_dataset,
+    split_validation,
+)
+from trainer.data.idx import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist, read_idx
 
-__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "DATASET_SHAPES",
+    "FASHION_MNIST_DIR",
+    "Augment",
+    "ImageSet",
+    "Normalize",
+    "augment",
+    "channel_stats",
+    "derive_seed",
+    "load_cifar",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+    "split_validation",
+    "steps_per_epoch",
+    "train_batches",
+    "write_cifar_binary",
+]

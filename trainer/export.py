@@ -1,0 +1,139 @@
+"""From a finished run's checkpoint to its deliverable file, with the accuracy measured
+on what was written.
+
+PEMN runs become bundles (``pemn.bundle``): the bytes are read back with
+``read_bundle``, materialized, and evaluated on the test set; that accuracy is the
+one recorded in the bundle's metrics, and the materialized network's predictions
+are compared with the score model's.
+
+The dense baseline is not a PEMN model: it becomes a safetensors file of the plain
+model's state dict with a JSON ``manifest`` in its metadata (arch, config, input
+spec, labels, metrics); its accuracy is measured after reading that file back.
+
+``export.json`` in the run directory records what was written (path, bytes, accuracy
+of the written file, agreement with the score model).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+import pemn
+from pemn.archs import create_model
+from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import Normalize
+from trainer.errors import CheckpointError, TrainerError
+from trainer.io import atomic_write_bytes, atomic_write_json
+from trainer.loop import load_run_data, predict, read_result
+from trainer.model import build_model
+
+__all__ = ["BUNDLE_NAME", "DENSE_NAME", "bundle_available", "export_run"]
+
+BUNDLE_NAME = "bundle.pemn"
+DENSE_NAME = "dense.safetensors"
+_DENSE_FORMAT = "pemn-trainer-dense/1"
+
+
+def bundle_available() -> bool:
+    """Whether the bundle format (``pemn.bundle``) is part of the imported ``pemn``
+    (a submodule found elsewhere, e.g. by an editable install's finder, does not count)."""
+    spec = importlib.util.find_spec("pemn.bundle")
+    return (
+        spec is not None
+        and spec.origin is not None
+        and Path(spec.origin).is_relative_to(Path(pemn.__file__).parent)
+    )
+
+
+def _dense_bytes(model: torch.nn.Module, manifest: dict[str, Any]) -> bytes:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return st_save(tensors, metadata={"manifest": json.dumps(manifest)})
+
+
+def _read_dense(data: bytes) -> torch.nn.Module:
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    manifest = json.loads(header["__metadata__"]["manifest"])
+    model = create_model(manifest["arch"], **manifest["config"])
+    model.load_state_dict(st_load(data), strict=True)
+    return model.eval()
+
+
+def export_run(
+    run_dir: Path,
+    out: Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write the deliverable of finished run ``run_dir`` to ``out`` (atomically) and
+    ``export.json``; returns that record."""
+    result = read_result(run_dir)
+    if result is None:
+        raise CheckpointError(f"{run_dir} holds no finished run (no result.json)")
+    cfg = TrainConfig.from_dict(result["config"])
+    cfg.validate()
+    data = load_run_data(cfg)
+    model = build_model(cfg, data.arch_config)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, model)
+    if state.epoch != cfg.epochs:
+        raise CheckpointError(f"the checkpoint in {run_dir} is not the final one")
+    model.eval()
+    device = torch.device("cpu")
+    normalize = Normalize(data.mean, data.std, device)
+    score_pred = predict(model, data.test, device, cfg.eval_batch_size, normalize)
+    metrics = {
+        "dataset": cfg.dataset,
+        "test_examples": len(data.test),
+        "eval_batch_size": cfg.eval_batch_size,
+        "epochs": cfg.epochs,
+        "score_model_test_accuracy": result["test_accuracy"],
+    }
+    if result.get("val_accuracy") is not None:
+        metrics["val_accuracy"] = result["val_accuracy"]
+    if cfg.dense:
+        manifest = {
+            "format": _DENSE_FORMAT,
+            "arch": cfg.arch,
+            "config": data.arch_config,
+            "input": result["input"],
+            "labels": result["classes"],
+            "metrics": metrics,
+            "provenance": provenance or {},
+        }
+        first = _dense_bytes(model, manifest)
+        pred = predict(_read_dense(first), data.test, device, cfg.eval_batch_size, normalize)
+        accuracy = float((pred == data.test.labels).double().mean())
+        manifest["metrics"] = {**metrics, "test_accuracy": accuracy}
+        blob = _dense_bytes(model, manifest)
+    else:
+        if not bundle_available():
+            raise TrainerError("the bundle format (pemn.bundle) is not available in this tree yet")
+        from trainer.bundling import bundle_bytes_and_accuracy
+
+        blob, accuracy, pred = bundle_bytes_and_accuracy(
+            cfg, model, data, metrics, provenance or {}
+        )
+    atomic_write_bytes(out, blob)
+    agree = float((pred == score_pred).double().mean())
+    record = {
+        "path": str(out),
+        "bytes": len(blob),
+        "test_accuracy": accuracy,
+        "score_model_test_accuracy_eval": float((score_pred == data.test.labels).double().mean()),
+        "prediction_agreement": agree,
+    }
+    atomic_write_json(run_dir / "export.json", record)
+    echo(
+        f"wrote {out} ({len(blob):,} bytes): test accuracy of the written model "
+        f"{100 * accuracy:.2f}%, agreement with the score model {100 * agree:.2f}%"
+    )
+    return record
