@@ -1,0 +1,188 @@
+"""Serving: throughput and client-side p50/p99 latency of pemn-serve at concurrency
+1, 16 and 64, against the plain FastAPI + PyTorch server of
+``bench/baseline_server.py`` holding the same network dense, in the same run.
+
+Both servers run at once on loopback with the same torch thread count; one request
+carries one Fashion-MNIST image as nested JSON lists; the load generator
+(``bench/_loadgen.py``, its own process) runs closed-loop workers for a fixed time
+after a warm-up. Runs alternate between the servers, ``--rounds`` times; the table
+gives the median over rounds. pemn-serve is also run with its ONNX Runtime backend
+(``PEMN_RUNTIME=onnx``) as a third column unless ``--no-onnx``.
+
+Run: python bench/bench_serving.py [--threads 1] [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from bench._report import table, write_section
+from bench._serving import (
+    MODEL,
+    BaselineServer,
+    Load,
+    checkout,
+    images,
+    inputs_file,
+    load_average,
+    median,
+    pemn_server,
+    run_load,
+    task_bundle,
+    upload,
+    write_dense_model,
+)
+
+NAME = "fashion"
+
+
+def _logits(client, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    r = client.post("/predict", json={"model": NAME, "inputs": x.tolist(), "return_logits": True})
+    r.raise_for_status()
+    return np.array([o["logits"] for o in r.json()["outputs"]], np.float32)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads in both servers")
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-onnx", action="store_true", help="skip the pemn-serve ONNX column")
+    p.add_argument(
+        "--compare",
+        default="",
+        help="git revisions whose pemn-serve also runs (before/after), comma-separated",
+    )
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="pemn-bench-") as tmp:
+        root = Path(tmp)
+        (root / "store").mkdir()
+        (root / "dense").mkdir()
+        data = task_bundle(0)
+        write_dense_model(root / "dense", NAME, data)
+        x = images(8)
+        inputs = inputs_file(x[:1], root)
+
+        servers = {"baseline": BaselineServer(root / "dense", args.threads, [NAME])}
+        try:
+            servers["pemn"] = pemn_server(root / "store", args.threads, preload=NAME)
+            upload(servers["pemn"], NAME, data)
+            for rev in filter(None, args.compare.split(",")):
+                name = f"pemn@{rev}"
+                servers[name] = pemn_server(
+                    root / f"store-{rev}", args.threads, code=checkout(rev), preload=NAME
+                )
+                upload(servers[name], NAME, data)
+            if not args.no_onnx:
+                servers["pemn-onnx"] = pemn_server(
+                    root / "store-onnx", args.threads, runtime="onnx", preload=NAME
+                )
+                upload(servers["pemn-onnx"], NAME, data)
+            ref = _logits(servers["baseline"].client, x)
+            for name, s in servers.items():
+                got = _logits(s.client, x)  # also warms the task up
+                err = float(np.abs(got - ref).max())
+                print(f"{name}: max |logits - baseline| = {err:.2e}", flush=True)
+                if err > 1e-4:
+                    raise SystemExit(f"{name} does not compute the baseline's network")
+
+            runs: dict[tuple[str, int], list[Load]] = {}
+            loads: list[str] = []
+            batch: dict[tuple[str, int], list[float]] = {}
+            for r in range(args.rounds):
+                for c in levels:
+                    order = list(servers) if r % 2 == 0 else list(reversed(servers))
+                    for name in order:
+                        s = servers[name]
+                        before = _batch_stats(s)
+                        res = run_load(
+                            s.url,
+                            [NAME],
+                            inputs,
+                            concurrency=c,
+                            duration=args.duration,
+                            warmup=args.warmup,
+                        )
+                        after = _batch_stats(s)
+                        if before is not None and after is not None and after[1] > before[1]:
+                            mean = (after[0] - before[0]) / (after[1] - before[1])
+                            batch.setdefault((name, c), []).append(mean)
+                        runs.setdefault((name, c), []).append(res)
+                        loads.append(load_average())
+                        print(
+                            f"round {r} c={c:3d} {name:10s} {res.throughput:7.1f} req/s "
+                            f"p50 {res.p50:6.1f} ms p99 {res.p99:6.1f} ms  load {loads[-1]}",
+                            flush=True,
+                        )
+        finally:
+            for s in servers.values():
+                s.stop()
+
+    cols = list(servers)
+    rows = []
+    for c in levels:
+        med = {n: Load.median_of(runs[(n, c)]) for n in cols}
+        base = med["baseline"]
+        row: list[object] = [c]
+        for n in cols:
+            m = med[n]
+            row.append(f"{m.throughput:.0f}")
+            if n != "baseline":
+                row.append(f"**{m.throughput / base.throughput:.2f}x**")
+        for n in cols:
+            row.append(f"{med[n].p50:.1f} / {med[n].p99:.1f}")
+        for n in cols[1:]:
+            row.append(f"{median(batch[(n, c)]):.1f}" if (n, c) in batch else "-")
+        rows.append(row)
+    header = ["concurrency", "baseline req/s"]
+    for n in cols[1:]:
+        header += [f"{n} req/s", f"{n} / baseline"]
+    header += [f"{n} p50 / p99 ms" for n in cols]
+    header += [f"{n} mean batch" for n in cols[1:]]
+    errors = sum(r.errors for v in runs.values() for r in v)
+    body = f"""
+Model: {MODEL}. One image per request as nested JSON lists (`x.tolist()`), top-5
+answer. Both servers (and pemn-serve's ONNX Runtime backend as a third) run at
+once on loopback, torch pinned to {args.threads} intra-op thread(s) in each; the
+baseline (`bench/baseline_server.py`) loads the same network from a dense
+safetensors checkpoint and runs it per request in a plain `def` endpoint
+(FastAPI's threadpool); outputs are checked equal (|diff| <= 1e-4) before
+measuring. Load: `bench/_loadgen.py` in its own process, closed-loop workers on
+keep-alive connections, {args.warmup:g} s warm-up then {args.duration:g} s
+measured; servers alternate, {args.rounds} rounds, medians over rounds.
+Errors (non-200): {errors}. Load average (1/5/15 min) during the runs: from
+{loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+
+{table(header, rows)}
+"""
+    print(body)
+    if not args.no_write:
+        write_section(
+            "serving",
+            "Serving: pemn-serve vs a plain FastAPI + PyTorch server",
+            body,
+            "python bench/bench_serving.py " + " ".join(sys.argv[1:]),
+        )
+
+
+def _batch_stats(server: object) -> tuple[float, float] | None:
+    metric = getattr(server, "metric", None)
+    if metric is None:
+        return None
+    return metric("pemn_batch_size_sum"), metric("pemn_batch_size_count")
+
+
+if __name__ == "__main__":
+    main()
