@@ -298,21 +298,29 @@ def test_timeout_is_504_and_server_keeps_serving(server):
 
 def test_full_queue_is_503_with_retry_after(start_server, redis_store):
     import concurrent.futures
+    import time
 
-    s = start_server(
-        store_url=redis_store, max_queue="1", max_batch_wait_ms="300", api_key=AUTH["X-API-Key"]
-    )
-    upload(s, "api-queue", make_bundle(mask_seed=22))
+    s = start_server(store_url=redis_store, max_queue="1", api_key=AUTH["X-API-Key"])
+    config = {"in_channels": 1, "image_size": 28, "width": 64, "depth": 4, "patch": 1}
+    upload(s, "api-queue", make_bundle(arch="convmixer", config=config, mask_seed=22))
     predict_logits(s, "api-queue", images(1))  # warm: loaded
+    buf = io.BytesIO()
+    np.save(buf, images(128))
+    slow = {"model": "api-queue", "inputs": base64.b64encode(buf.getvalue()).decode()}
+    started = s.metric("pemn_queue_time_seconds_count", model="api-queue")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        running = pool.submit(s.client.post, "/predict", json=slow)  # keeps the device busy
+        while s.metric("pemn_queue_time_seconds_count", model="api-queue") == started:
+            time.sleep(0.005)  # until its batch has started
         responses = list(
             pool.map(
                 lambda i: s.client.post(
                     "/predict", json={"model": "api-queue", "inputs": images(1, i).tolist()}
                 ),
-                range(6),
+                range(5),
             )
         )
+        assert running.result().status_code == 200
     codes = [r.status_code for r in responses]
     assert 200 in codes and 503 in codes, codes
     busy = next(r for r in responses if r.status_code == 503)
