@@ -12,6 +12,7 @@ Compute does not depend on the mask contents. Inputs are Fashion-MNIST test imag
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import os
 import statistics
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
     "STRATEGY",
     "BaselineServer",
     "Load",
+    "TimedClient",
     "checkout",
     "dense_checkpoint",
     "images",
@@ -288,6 +291,28 @@ def run_load(
     return Load(
         res["requests"], res["errors"], res["throughput"], res["p50"], res["p90"], res["p99"]
     )
+
+
+class TimedClient:
+    """A keep-alive ``http.client`` connection that times single requests (about
+    1 ms lighter per request than httpx, which matters next to a 4 ms request)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port, timeout=600
+        )
+
+    def post(self, path: str, body: str | bytes) -> tuple[float, int, bytes]:
+        """(milliseconds, status, body) of one JSON POST."""
+        start = time.perf_counter()
+        self.conn.request("POST", path, body=body, headers={"content-type": "application/json"})
+        response = self.conn.getresponse()
+        data = response.read()
+        return (time.perf_counter() - start) * 1000, response.status, data
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def rss(pid: int) -> int:
