@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
+
 from bench._report import percentile, table, write_section
 from bench._serving import (
     MODEL,
@@ -92,6 +94,7 @@ def main() -> None:
     p.add_argument("--compare", default="", help="git revisions also measured, comma-separated")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)  # the in-process part, as in the servers
     k = args.tasks
     names = [f"task-{i:03d}" for i in range(k + 1)]
     inputs = json.dumps(images(1).tolist())
