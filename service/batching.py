@@ -146,7 +146,13 @@ class Batcher:
                         self._draining = False
                         self._last_batch = 0  # the device goes idle: no load any more
                         return
-                self._run(*picked)
+                try:
+                    self._run(*picked)
+                except Exception as exc:  # a bug here (the runner's errors are delivered)
+                    log.exception(
+                        "batch of %s failed outside its runner", picked[0].loaded.ref.name
+                    )
+                    self._deliver(picked[1], exc)
                 self._free_since = time.perf_counter()
         except BaseException:
             with self._cond:

@@ -211,3 +211,23 @@ def test_a_full_queue_is_503_and_close_answers_queued_requests():
 
     _run(body, max_queue=1)
     assert log == [("a", 1)]
+
+
+def test_a_failure_outside_the_runner_fails_the_batch_instead_of_hanging_it():
+    log: list[tuple[str, int]] = []
+    a = _loaded("a", _Runner("a", log))
+
+    async def body(b: Batcher) -> None:
+        real = b._metrics.batch_size
+
+        class Broken:
+            def labels(self, *_: str) -> None:
+                raise ValueError("metrics broke")
+
+        b._metrics.batch_size = Broken()  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="metrics broke"):
+            await b.submit(a, _x(0), 5)
+        b._metrics.batch_size = real
+        assert (await b.submit(a, _x(1), 5)).tolist() == [[1, 1, 1]]  # still serving
+
+    _run(body)
