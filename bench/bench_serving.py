@@ -216,6 +216,16 @@ The rest of pemn-serve's advantage is a cheaper request path: JSON parsed and va
 in one pass by pydantic-core (`json.loads` alone costs about 0.5 ms for one image's
 784 floats), no threadpool hop per request, batches formed when the device is free.
 {" ".join(extra)}"""
+    if args.threads > 1:
+        reading += f"""
+
+Note on {args.threads} threads: at concurrency 1 the baseline stalls for about 0.4 s on
+many requests (reproduced with the baseline running alone; it does not happen with 1
+thread). Its requests run on whichever threadpool thread is free, and each of those
+threads drives its own OpenMP thread team; idle teams spinning against the active one
+on 2 busy cores is the likely cause (not investigated further). A real pitfall of the
+plain server, but it makes the concurrency-1 row of this table say little about
+pemn-serve; see the 1-thread section for that."""
     errors = sum(r.errors for v in runs.values() for r in v)
     body = f"""
 Model: {MODEL}. One image per request as nested JSON lists (`x.tolist()`), top-5

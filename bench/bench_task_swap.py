@@ -171,8 +171,11 @@ load is batching: requests for one task queue together and run as one batch (mea
 column), while 100 round-robin tasks leave at most one request per task queue, so
 every batch holds one item. Whether that costs throughput depends on the runtime's
 cost per item at batch 1 vs batch 8-32 (see "Batching on CPU"): PyTorch eager pays
-its per-operator overhead per batch and is 1.5-2x cheaper per item in batches, ONNX
-Runtime is about as cheap per item at batch 1. Batching across tasks (vmap over the
+its per-operator overhead per batch and is 1.5-2x cheaper per item in batches. ONNX
+Runtime's forward is about as cheap per item at batch 1, but at 0.6 ms per item the
+server's own per-batch costs (the inference thread's hand-off of each batch and its
+results to the event loop, three metric updates, and the GIL both threads share) are
+no longer small next to it, so one-item batches still cost throughput. Batching across tasks (vmap over the
 tasks' stacked weights) was measured and not adopted: with the stacking it needs per
 batch it is at best about as fast as running the tasks one by one (same section)."""
     body = f"""
