@@ -1,19 +1,30 @@
-"""Dynamic batching: requests are queued per task and executed in batches.
+"""Dynamic batching: requests are queued per task and run in batches on the device's
+inference thread, each batch formed at the moment the device is free to run it.
 
-Each materialized task (content id + runtime) has its own queue and, while the
-queue is non-empty, one worker coroutine. A worker takes the oldest request, waits
-up to ``max_wait`` for more to arrive (or until ``max_batch`` items are queued),
-concatenates them and runs the batch on the inference executor (one thread per
-device: batches of different tasks run one after another, with no weight copies
-between them). A request is a unit: its items stay in one batch. The queue is
-bounded across all tasks (503 with Retry-After when full) and every request has a
-deadline (504 when exceeded; it is then skipped if its batch has not started).
+Each materialized task (content id + runtime) has its own queue. The inference
+thread (one per device: batches of different tasks run one after another, with no
+weight copies between them) repeatedly takes the queue whose oldest request has
+waited longest and runs up to ``max_batch`` items of it. Because the batch is taken
+only when the device is free, everything that arrived while the previous batch ran
+joins the next one, and no batch waits in line behind others while more requests
+queue up. A lone request on a quiet server runs at once. Under load, when the
+device has just run a batch and the next one would be smaller, it waits up to
+``max_wait`` (from the moment the device became free) for the previous batch's
+clients to send their next requests, unless another task has work: the device
+never idles while another task's requests are runnable.
+
+A request is a unit: its items stay in one batch. The queue is bounded across all
+tasks (503 with Retry-After when full) and every request has a deadline (504 when
+exceeded; it is then skipped if its batch has not started). Results go back to the
+event loop with ``call_soon_threadsafe``; the loop never waits for the device.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -41,8 +52,13 @@ class _Item:
 class _Queue:
     loaded: Loaded
     items: deque[_Item] = field(default_factory=deque)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
+    queued: int = 0  # items (not requests) waiting in this queue
+
+
+def _shutting_down() -> APIError:
+    return APIError(
+        503, "server.shutting_down", "the server is shutting down", {"Retry-After": "1"}
+    )
 
 
 class Batcher:
@@ -60,8 +76,14 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        # Queues and counters are shared by the event loop (submit) and the inference
+        # thread (drain); every access holds the condition's lock.
+        self._cond = threading.Condition()
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._depth = 0
+        self._draining = False  # a drain job is running (or submitted) on the executor
+        self._last_batch = 0  # items in the previous batch of this drain job (0: none yet)
+        self._free_since = 0.0  # when the device finished that batch
         self._closed = False
 
     @property
@@ -71,9 +93,7 @@ class Batcher:
     async def submit(self, loaded: Loaded, x: np.ndarray, timeout_s: float) -> np.ndarray:
         """Logits (b, K) of ``x`` (b, C, H, W) computed by ``loaded``."""
         if self._closed:
-            raise APIError(
-                503, "server.shutting_down", "the server is shutting down", {"Retry-After": "1"}
-            )
+            raise _shutting_down()
         if self._depth >= self.max_queue:
             raise APIError(
                 503,
@@ -82,18 +102,28 @@ class Batcher:
                 {"Retry-After": "1"},
             )
         item = _Item(x, asyncio.get_running_loop().create_future())
-        q = self._queues.get(loaded.key)
-        if q is None:  # (a queue that exists runs the same content and runtime)
-            q = self._queues[loaded.key] = _Queue(loaded)
-        q.items.append(item)
-        self._set_depth(+1)
-        q.arrived.set()
-        if q.worker is None or q.worker.done():
-            q.worker = asyncio.create_task(self._work(loaded.key, q))
+        with self._cond:
+            q = self._queues.get(loaded.key)
+            if q is None:  # (a queue that exists runs the same content and runtime)
+                q = self._queues[loaded.key] = _Queue(loaded)
+            q.items.append(item)
+            q.queued += len(x)
+            self._set_depth(+1)
+            if self._draining:
+                self._cond.notify()
+            else:
+                try:
+                    self._executor.submit(self._drain)
+                except RuntimeError:  # the executor is shut down
+                    q.items.pop()
+                    q.queued -= len(x)
+                    self._set_depth(-1)
+                    raise _shutting_down() from None
+                self._draining = True
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
         except TimeoutError:
-            item.future.cancel()  # the worker skips it if its batch has not started
+            item.future.cancel()  # skipped if its batch has not started
             raise APIError(
                 504,
                 "request.timeout",
@@ -104,75 +134,125 @@ class Batcher:
         self._depth += delta
         self._metrics.queue_depth.set(self._depth)
 
+    # ---- the inference thread ----------------------------------------------------
+
+    def _drain(self) -> None:
+        """Run batches until every queue is empty (on the executor's thread)."""
+        try:
+            while True:
+                with self._cond:
+                    picked = self._pick()
+                    if picked is None:
+                        self._draining = False
+                        self._last_batch = 0  # the device goes idle: no load any more
+                        return
+                try:
+                    self._run(*picked)
+                except Exception as exc:  # a bug here (the runner's errors are delivered)
+                    log.exception(
+                        "batch of %s failed outside its runner", picked[0].loaded.ref.name
+                    )
+                    self._deliver(picked[1], exc)
+                self._free_since = time.perf_counter()
+        except BaseException:
+            with self._cond:
+                self._draining = False
+            log.exception("batch drain loop failed")
+            raise
+
+    def _pick(self) -> tuple[_Queue, list[_Item]] | None:
+        """The next batch: from the queue whose head waited longest (lock held)."""
+        while not self._closed:
+            oldest: _Queue | None = None
+            busy = 0
+            for key, q in list(self._queues.items()):
+                while q.items and q.items[0].future.done():  # timed out while queued
+                    self._drop(q, q.items.popleft())
+                if not q.items:
+                    del self._queues[key]
+                    continue
+                busy += 1
+                if oldest is None or q.items[0].enqueued < oldest.items[0].enqueued:
+                    oldest = q
+            if oldest is None:
+                return None
+            # Under load (the device ran a bigger batch just before and did not go
+            # idle), the clients of that batch are sending their next requests: wait
+            # for them up to max_wait, unless another task has work.
+            want = min(self._last_batch, self.max_batch)
+            wait = self._free_since + self.max_wait_s - time.perf_counter()
+            if busy == 1 and oldest.queued < want and wait > 0:
+                self._cond.wait(wait)  # woken by every submit; then look again
+                continue
+            batch = self._take(oldest)
+            self._last_batch = sum(len(i.x) for i in batch)
+            return oldest, batch
+        return None
+
+    def _drop(self, q: _Queue, item: _Item) -> None:
+        q.queued -= len(item.x)
+        self._set_depth(-1)
+
     def _take(self, q: _Queue) -> list[_Item]:
         batch: list[_Item] = []
         n = 0
         while q.items:
             item = q.items[0]
-            if item.future.done():  # timed out while queued
-                q.items.popleft()
-                self._set_depth(-1)
+            if item.future.done():
+                self._drop(q, q.items.popleft())
                 continue
             if batch and n + len(item.x) > self.max_batch:
                 break
-            q.items.popleft()
-            self._set_depth(-1)
+            self._drop(q, q.items.popleft())
             batch.append(item)
             n += len(item.x)
         return batch
 
-    def _queued_items(self, q: _Queue) -> int:
-        return sum(len(i.x) for i in q.items)
-
-    async def _work(self, key: tuple[str, str], q: _Queue) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self, q: _Queue, batch: list[_Item]) -> None:
         name = q.loaded.ref.name
+        start = time.perf_counter()
+        for item in batch:
+            self._metrics.queue_time.labels(name).observe(start - item.enqueued)
+        x = batch[0].x if len(batch) == 1 else np.concatenate([i.x for i in batch])
+        self._metrics.batch_size.labels(name).observe(len(x))
         try:
-            while q.items:
-                deadline = q.items[0].enqueued + self.max_wait_s
-                while self._queued_items(q) < self.max_batch:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    q.arrived.clear()
-                    try:
-                        await asyncio.wait_for(q.arrived.wait(), remaining)
-                    except TimeoutError:
-                        break
-                batch = self._take(q)
-                if not batch:
-                    continue
-                now = time.perf_counter()
-                for item in batch:
-                    self._metrics.queue_time.labels(name).observe(now - item.enqueued)
-                x = batch[0].x if len(batch) == 1 else np.concatenate([i.x for i in batch])
-                self._metrics.batch_size.labels(name).observe(len(x))
-                try:
-                    logits = await loop.run_in_executor(self._executor, q.loaded.runner, x)
-                except Exception as exc:
-                    log.exception(
-                        "batch of %d for %s v%d failed", len(x), name, q.loaded.ref.version
-                    )
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                self._metrics.compute_time.labels(name, q.loaded.runtime).observe(
-                    time.perf_counter() - now
-                )
-                pos = 0
-                for item in batch:
-                    n = len(item.x)
-                    if not item.future.done():
-                        item.future.set_result(logits[pos : pos + n])
-                    pos += n
-        finally:
-            if not q.items and self._queues.get(key) is q:
-                del self._queues[key]
+            logits = q.loaded.runner(x)
+        except Exception as exc:
+            log.exception("batch of %d for %s v%d failed", len(x), name, q.loaded.ref.version)
+            self._deliver(batch, exc)
+            return
+        self._metrics.compute_time.labels(name, q.loaded.runtime).observe(
+            time.perf_counter() - start
+        )
+        self._deliver(batch, logits)
+
+    def _deliver(self, batch: list[_Item], result: np.ndarray | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            batch[0].future.get_loop().call_soon_threadsafe(_resolve, batch, result)
+
+    # ---- shutdown ----------------------------------------------------------------
 
     async def close(self) -> None:
-        self._closed = True
-        workers = [q.worker for q in self._queues.values() if q.worker is not None]
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        """Stop after the batch that is running; queued requests get a 503."""
+        with self._cond:
+            self._closed = True
+            pending = [item for q in self._queues.values() for item in q.items]
+            self._queues.clear()
+            self._depth = 0
+            self._cond.notify_all()
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(_shutting_down())
+
+
+def _resolve(batch: list[_Item], result: np.ndarray | BaseException) -> None:
+    """Hand each request its rows of the batch's logits (on the event loop)."""
+    pos = 0
+    for item in batch:
+        n = len(item.x)
+        if not item.future.done():
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result[pos : pos + n])
+        pos += n

@@ -13,7 +13,9 @@ from service.state import ServiceState
 __all__ = ["AdminDep", "ServiceDep", "get_service", "require_api_key"]
 
 
-def get_service(request: Request) -> ServiceState:
+# Both are ``async def``: FastAPI runs a plain ``def`` dependency in its threadpool,
+# a thread hop per request for what is an attribute read.
+async def get_service(request: Request) -> ServiceState:
     service: ServiceState = request.app.state.service
     return service
 
@@ -21,7 +23,7 @@ def get_service(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
 
 
-def require_api_key(request: Request, svc: ServiceDep) -> None:
+async def require_api_key(request: Request, svc: ServiceDep) -> None:
     """When ``PEMN_API_KEY`` is set, model changes need it as ``X-API-Key`` or a bearer token."""
     if svc.settings.api_key is None:
         return

@@ -55,11 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _document_oip_schemas(app: FastAPI) -> None:
-    """The OIP infer routes read their body themselves (for the binary extension);
-    add their JSON schemas to the OpenAPI components they reference."""
+    """The OIP infer routes (for the binary extension) and /predict (for one-pass
+    JSON parsing) read their body themselves; add their JSON schemas to the OpenAPI
+    components they reference."""
     from fastapi.openapi.utils import get_openapi
 
-    from service.schemas import InferRequest, InferResponse
+    from service.schemas import InferRequest, InferResponse, PredictRequest
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -67,7 +68,7 @@ def _document_oip_schemas(app: FastAPI) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (InferRequest, InferResponse):
+            for model in (InferRequest, InferResponse, PredictRequest):
                 full = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(full.pop("$defs", {}))
                 components[model.__name__] = full

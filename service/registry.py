@@ -7,6 +7,7 @@ backbones, and the LRU cache of materialized tasks.
   (1 bit per weight), so a cache miss never waits on the store.
 - Backbones: one per fingerprint and device, built once (single-flight) and shared
   by every task on it; dropped when no known model needs it any more.
+- ONNX graphs: exported once per backbone and re-weighted per task (see runtimes).
 - Tasks: materialized weights in an LRU cache bounded in bytes; loads are
   single-flight per (content id, runtime) and run in a thread pool, so different
   tasks load in parallel. Requests hold a reference to the task they resolved,
@@ -32,7 +33,7 @@ from pemn.materialize import Backbone, Task
 from pemn.store import AsyncStore, NameInfo, NotFound, VersionInfo
 from service.errors import APIError
 from service.metrics import Metrics
-from service.runtimes import Runner, make_runner
+from service.runtimes import OnnxGraphs, Runner, make_runner
 
 __all__ = ["Loaded", "ModelRef", "Registry"]
 
@@ -119,6 +120,7 @@ class Registry:
         self.names: dict[str, NameInfo] = {}
         self._bundles: dict[str, Bundle] = {}  # content id -> validated bundle (latest versions)
         self._backbones: dict[str, Backbone] = {}  # fingerprint -> backbone on self.device
+        self._onnx = OnnxGraphs()  # one exported graph per backbone, re-weighted per task
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._cache_used = 0
         self._task_flight = _SingleFlight()
@@ -242,7 +244,7 @@ class Registry:
         bundle = await self._bundle(ref)
         backbone = await self._backbone(bundle)
         task = await self._in_pool(backbone.task, bundle)
-        runner = await self._in_pool(make_runner, task, runtime, self._threads)
+        runner = await self._in_pool(make_runner, task, runtime, self._threads, self._onnx)
         m = bundle.manifest
         loaded = Loaded(
             ref,
@@ -283,6 +285,7 @@ class Registry:
         )
         for fp in [fp for fp in self._backbones if fp not in needed]:
             del self._backbones[fp]
+        self._onnx.drop_unused({fp for fp in needed if fp})
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

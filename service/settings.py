@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="items per executed batch")
     max_batch_wait_ms: float = Field(
-        2.0, ge=0, le=10_000, description="how long a batch waits to fill"
+        2.0,
+        ge=0,
+        le=10_000,
+        description="under load, how long the device may wait for a batch to fill after "
+        "finishing one (a request on an idle server runs at once)",
     )
     max_queue: int = Field(
         1024, ge=1, description="queued requests beyond which the server answers 503"

@@ -3,13 +3,15 @@ so consecutive requests may use different tasks over one shared backbone."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from service.deps import ServiceDep
 from service.errors import APIError
 from service.inference import infer
-from service.inputs import decode_npy_b64, to_batch, top_k
+from service.inputs import decode_npy_b64, parse_json, read_body, to_batch, top_k
 from service.registry import Loaded
 from service.schemas import ClassScore, PredictItem, PredictRequest, PredictResponse
 
@@ -17,22 +19,36 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["inference"])
 
+# The route reads its body itself (size cap, one-pass JSON parsing; see
+# ``service.inputs.parse_json``); main.py adds the schema to the OpenAPI components.
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+        },
+    }
+}
+
 
 @router.post(
     "/predict",
     response_model=PredictResponse,
     summary="Classify inputs with a named model",
     responses={
+        400: {"description": "malformed JSON"},
         404: {"description": "unknown model or version"},
-        413: {"description": "too many items"},
+        413: {"description": "too many items, or a body above the request size limit"},
         422: {"description": "inputs of the wrong shape or dtype"},
         503: {"description": "queue full or not ready (Retry-After)"},
         504: {"description": "deadline exceeded"},
     },
+    openapi_extra=_PREDICT_BODY,
 )
-async def predict(req: PredictRequest, svc: ServiceDep) -> PredictResponse:
+async def predict(request: Request, svc: ServiceDep) -> Response:
     """Run ``inputs`` through ``model`` (latest version unless ``version``) and return
     the ``top_k`` classes per item with label names and probabilities."""
+    req = parse_json(PredictRequest, await read_body(request, svc.settings.max_request_bytes))
     if req.top_k > svc.settings.max_top_k:
         raise APIError(
             422,
@@ -58,10 +74,12 @@ async def predict(req: PredictRequest, svc: ServiceDep) -> PredictResponse:
         for ri, rp, row in zip(idx, prob, result.logits, strict=True)
     ]
     ref = result.loaded.ref
-    return PredictResponse(
+    response = PredictResponse(
         model=ref.name,
         version=ref.version,
         content_id=ref.content_id,
         runtime=result.loaded.runtime,
         outputs=outputs,
     )
+    # Serialized here: returning the model would have FastAPI validate it once more.
+    return Response(response.model_dump_json(), media_type="application/json")

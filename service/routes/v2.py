@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from service import __version__
 from service.deps import ServiceDep
 from service.errors import APIError
 from service.inference import infer
-from service.inputs import from_oip, to_batch, top_k
+from service.inputs import from_oip, parse_json, read_body, to_batch, top_k
 from service.registry import Loaded
 from service.schemas import (
     InferInput,
@@ -103,16 +102,7 @@ _NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.u
 async def _read_request(request: Request, limit: int) -> tuple[InferRequest, bytes]:
     """The JSON part of an infer request and, with the binary tensor data extension
     (``Inference-Header-Content-Length``), the binary part that follows it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(
-            413, "request.too_large", f"body of {declared} bytes exceeds the {limit}-byte limit"
-        )
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, "request.too_large", f"body exceeds the {limit}-byte limit")
+    body = await read_body(request, limit)
     split = request.headers.get(_BINARY_HEADER)
     if split is not None:
         if not split.isdigit() or int(split) > len(body):
@@ -124,16 +114,7 @@ async def _read_request(request: Request, limit: int) -> tuple[InferRequest, byt
         head, binary = body[: int(split)], body[int(split) :]
     else:
         head, binary = body, b""
-    try:
-        return InferRequest.model_validate_json(head), binary
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] == "json_invalid":
-            raise APIError(
-                400, "request.malformed_json", f"request body is not valid JSON: {err['msg']}"
-            ) from None
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        raise APIError(422, "request.invalid", f"{where}: {err['msg']}") from None
+    return parse_json(InferRequest, head), binary
 
 
 def _input_array(tensor: InferInput, binary: bytes) -> np.ndarray:

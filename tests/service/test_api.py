@@ -25,6 +25,9 @@ def test_health_and_index(server):
     assert "pemn_requests" in server.client.get("/metrics").text
     docs = server.client.get("/openapi.json").json()
     assert "/predict" in docs["paths"] and "/v2/models/{name}/infer" in docs["paths"]
+    body = docs["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert {"PredictRequest", "PredictResponse"} <= set(docs["components"]["schemas"])
     assert server.client.get("/docs").status_code == 200
 
 
@@ -256,11 +259,28 @@ def test_invalid_bundles_get_their_bundle_code(server, kind, data):
     assert server.client.get(f"/models/api-invalid-{kind}").status_code == 404
 
 
-def test_oversized_upload_is_413(start_server, redis_store):
-    small = start_server(store_url=redis_store, api_key=AUTH["X-API-Key"], max_upload_bytes="4096")
+def test_oversized_upload_and_inference_bodies_are_413(start_server, redis_store):
+    small = start_server(
+        store_url=redis_store,
+        api_key=AUTH["X-API-Key"],
+        max_upload_bytes="10000",
+        max_request_bytes="8192",
+    )
     big = make_bundle(config={"in_channels": 1, "image_size": 28, "hidden": [128]})
-    assert len(big) > 4096
+    assert len(big) > 10000
     _err(upload(small, "api-big", big), 413, "request.too_large")
+    upload(small, "api-small", make_bundle(mask_seed=24))
+    x = images(1)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    npy = base64.b64encode(buf.getvalue()).decode()
+    r = small.client.post("/predict", json={"model": "api-small", "inputs": npy})
+    assert r.status_code == 200, r.text  # about 4.5 kB
+    as_lists = {"model": "api-small", "inputs": x.tolist()}  # about 16 kB of JSON
+    assert "8192" in _err(small.client.post("/predict", json=as_lists), 413, "request.too_large")
+    oip = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32"}]}
+    oip["inputs"][0]["data"] = x.reshape(-1).tolist()
+    _err(small.client.post("/v2/models/api-small/infer", json=oip), 413, "request.too_large")
 
 
 def test_timeout_is_504_and_server_keeps_serving(server):
@@ -278,21 +298,29 @@ def test_timeout_is_504_and_server_keeps_serving(server):
 
 def test_full_queue_is_503_with_retry_after(start_server, redis_store):
     import concurrent.futures
+    import time
 
-    s = start_server(
-        store_url=redis_store, max_queue="1", max_batch_wait_ms="300", api_key=AUTH["X-API-Key"]
-    )
-    upload(s, "api-queue", make_bundle(mask_seed=22))
+    s = start_server(store_url=redis_store, max_queue="1", api_key=AUTH["X-API-Key"])
+    config = {"in_channels": 1, "image_size": 28, "width": 64, "depth": 4, "patch": 1}
+    upload(s, "api-queue", make_bundle(arch="convmixer", config=config, mask_seed=22))
     predict_logits(s, "api-queue", images(1))  # warm: loaded
+    buf = io.BytesIO()
+    np.save(buf, images(128))
+    slow = {"model": "api-queue", "inputs": base64.b64encode(buf.getvalue()).decode()}
+    started = s.metric("pemn_queue_time_seconds_count", model="api-queue")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        running = pool.submit(s.client.post, "/predict", json=slow)  # keeps the device busy
+        while s.metric("pemn_queue_time_seconds_count", model="api-queue") == started:
+            time.sleep(0.005)  # until its batch has started
         responses = list(
             pool.map(
                 lambda i: s.client.post(
                     "/predict", json={"model": "api-queue", "inputs": images(1, i).tolist()}
                 ),
-                range(6),
+                range(5),
             )
         )
+        assert running.result().status_code == 200
     codes = [r.status_code for r in responses]
     assert 200 in codes and 503 in codes, codes
     busy = next(r for r in responses if r.status_code == 503)

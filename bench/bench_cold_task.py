@@ -1,0 +1,243 @@
+"""Cold task: latency of the first request to a task whose backbone is resident
+(another task on it already served), against loading the same network from a dense
+checkpoint, in the same run; p50 and p99 over ``--tasks`` fresh tasks.
+
+- pemn-serve: K fresh tasks are uploaded (not yet loaded); the first request to each
+  is timed on the client, with the server's own ``pemn_materialize_seconds`` for it
+  (store read, bundle validation, masks -> weights, runner), and a second (warm)
+  request to the same task.
+- baseline server (``bench/baseline_server.py``): the same K networks as dense
+  safetensors checkpoints on disk, loaded lazily on the first request to each.
+- in-process, no HTTP: bundle bytes -> task module over the resident backbone
+  (``read_bundle`` + ``Backbone.task``, which checks the prototype digest) vs safetensors bytes -> dense module
+  (``create_model`` + ``load_state_dict``), interleaved.
+- with ``--onnx K``: the first request to K fresh tasks on a pemn-serve running the
+  ONNX Runtime backend (export, or re-weighting of the backbone's graph, + session).
+
+Run: python bench/bench_cold_task.py [--tasks 50] [--onnx 5] [--compare REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench._report import percentile, table, write_section
+from bench._serving import (
+    MODEL,
+    BaselineServer,
+    TimedClient,
+    checkout,
+    images,
+    load_average,
+    pemn_server,
+    task_bundle,
+    upload,
+    write_dense_model,
+)
+from bench.baseline_server import load_dense
+from pemn.bundle import read_bundle
+from pemn.materialize import Backbone
+from tests.service.server import ServerProcess
+
+
+def _timed_predict(client: TimedClient, name: str, body: str) -> float:
+    ms, status, data = client.post("/predict", body)
+    if status != 200:
+        raise RuntimeError(f"{name}: {status} {data[:300]!r}")
+    return ms
+
+
+def _body(name: str, inputs: str) -> str:
+    return f'{{"model": {json.dumps(name)}, "inputs": {inputs}}}'
+
+
+def _materialize_ms(s: ServerProcess) -> tuple[float, float]:
+    return (
+        s.metric("pemn_materialize_seconds_sum", kind="task") * 1000,
+        s.metric("pemn_materialize_seconds_count", kind="task"),
+    )
+
+
+def _pemn_cold(
+    s: ServerProcess, names: list[str], inputs: str, rows: dict[str, list[float]], tag: str
+) -> None:
+    """Time the first and a second request to each of ``names`` (uploaded, unloaded)."""
+    client = TimedClient(s.url)
+    for name in names:
+        before = _materialize_ms(s)
+        rows.setdefault(f"{tag}: first request", []).append(
+            _timed_predict(client, name, _body(name, inputs))
+        )
+        after = _materialize_ms(s)
+        assert after[1] == before[1] + 1, "expected exactly one task load"
+        rows.setdefault(f"{tag}: server-side materialize", []).append(after[0] - before[0])
+        rows.setdefault(f"{tag}: second request", []).append(
+            _timed_predict(client, name, _body(name, inputs))
+        )
+    client.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", type=int, default=50, help="fresh tasks timed (K)")
+    p.add_argument("--onnx", type=int, default=5, help="fresh tasks timed on the ONNX runtime")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compare", default="", help="git revisions also measured, comma-separated")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)  # the in-process part, as in the servers
+    k = args.tasks
+    names = [f"task-{i:03d}" for i in range(k + 1)]
+    inputs = json.dumps(images(1).tolist())
+    rows: dict[str, list[float]] = {}
+    notes: list[str] = []
+    loads = [load_average()]
+
+    with tempfile.TemporaryDirectory(prefix="pemn-bench-") as tmp:
+        root = Path(tmp)
+        (root / "dense").mkdir()
+        sizes = [write_dense_model(root / "dense", n, task_bundle(i)) for i, n in enumerate(names)]
+        bundles = [task_bundle(i) for i in range(k + 1)]
+        servers: dict[str, ServerProcess] = {}
+        baseline = BaselineServer(root / "dense", args.threads, [names[0]])
+        try:
+            versions = {"pemn-serve": None} | {
+                f"pemn-serve@{rev}": checkout(rev) for rev in filter(None, args.compare.split(","))
+            }
+            for label, code in versions.items():
+                s = servers[label] = pemn_server(root / f"store-{len(servers)}", args.threads, code)
+                for name, data in zip(names, bundles, strict=True):
+                    upload(s, name, data)
+                first = _timed_predict(TimedClient(s.url), names[0], _body(names[0], inputs))
+                notes.append(f"{label}: first request on a cold backbone {first:.0f} ms")
+            base = TimedClient(baseline.url)
+            _timed_predict(base, names[0], _body(names[0], inputs))
+
+            # first requests, alternating servers task by task
+            for i, name in enumerate(names[1:]):
+                order = [*servers, "baseline"]
+                for label in order if i % 2 == 0 else reversed(order):
+                    if label == "baseline":
+                        rows.setdefault("baseline server: first request (lazy load)", []).append(
+                            _timed_predict(base, name, _body(name, inputs))
+                        )
+                        rows.setdefault("baseline server: second request", []).append(
+                            _timed_predict(base, name, _body(name, inputs))
+                        )
+                    else:
+                        _pemn_cold(servers[label], [name], inputs, rows, label)
+            loads.append(load_average())
+        finally:
+            baseline.stop()
+            for s in servers.values():
+                s.stop()
+
+        # in-process: bytes -> module, interleaved, same K networks
+        checkpoints = [(root / "dense" / f"{n}.safetensors").read_bytes() for n in names]
+        meta = json.loads((root / "dense" / f"{names[0]}.json").read_text())
+        backbone = Backbone.for_bundle(read_bundle(bundles[0]))
+        for i in range(1, k + 1):
+            t = time.perf_counter()
+            backbone.task(read_bundle(bundles[i], verify=False))  # as the server does
+            a = time.perf_counter()
+            load_dense(checkpoints[i], meta)
+            b = time.perf_counter()
+            rows.setdefault("in-process: bundle -> task module (backbone resident)", []).append(
+                (a - t) * 1000
+            )
+            rows.setdefault("in-process: dense checkpoint -> module", []).append((b - a) * 1000)
+        loads.append(load_average())
+
+        if args.onnx:
+            for label, code in versions.items():
+                tag = f"{label} (onnx runtime)"
+                s = pemn_server(root / f"store-onnx-{label}", args.threads, code, runtime="onnx")
+                try:
+                    for name, data in zip(names[: args.onnx + 1], bundles, strict=False):
+                        upload(s, name, data)
+                    first = _timed_predict(TimedClient(s.url), names[0], _body(names[0], inputs))
+                    notes.append(f"{tag}: first request on a cold backbone {first:.0f} ms")
+                    _pemn_cold(s, names[1 : args.onnx + 1], inputs, rows, tag)
+                finally:
+                    s.stop()
+            loads.append(load_average())
+
+    note_text = "  \n".join(notes)
+
+    def p50(key: str) -> float:
+        return percentile(rows[key], 50)
+
+    first, base = (
+        p50("pemn-serve: first request"),
+        p50("baseline server: first request (lazy load)"),
+    )
+    ours = p50("in-process: bundle -> task module (backbone resident)")
+    dense = p50("in-process: dense checkpoint -> module")
+    onnx_now = rows.get("pemn-serve (onnx runtime): first request")
+    onnx_before = [
+        v for k, v in rows.items() if "@" in k and k.endswith("(onnx runtime): first request")
+    ]
+    onnx_text = (
+        f" With the ONNX runtime, a fresh task's first request takes {percentile(onnx_now, 50):.0f} ms"
+        + (
+            f" (p50), down from {percentile(onnx_before[0], 50):,.0f} ms before this branch, which"
+            " exported every task to ONNX (now: exported once per backbone, re-weighted per task)."
+            if onnx_before
+            else " (p50)."
+        )
+        if onnx_now
+        else ""
+    )
+    reading = f"""Reading: the first request to a fresh task on a resident backbone takes
+{first:.1f} ms (p50) vs {base:.1f} ms for the plain server's first request to a network it
+loads from a dense checkpoint ({first / base:.1f}x); a warm request costs about the same on
+both (second-request rows). In-process, bundle -> task costs {ours:.1f} ms vs {dense:.1f} ms
+for safetensors -> dense module ({ours / dense:.1f}x), although the bundle is
+{sizes[1] / len(bundles[1]):.0f}x smaller:
+the time goes to Python, not bytes. Profiled (cProfile): about a third is `read_bundle`
+rebuilding the architecture on the meta device to validate the manifest against it
+(`arch_layout` -> `create_model`, once per bundle), about a third `Backbone.task`'s
+`copy.deepcopy` of the meta template module, and a tenth `load_state_dict`; the
+server adds a store read and three thread-pool hand-offs. Both hot spots are in `pemn/`
+(memoizing `arch_layout` per architecture and config, and building the task module
+without a deep copy) and are left to the core library's owners; in absolute terms a
+cold task costs a few tens of milliseconds once, after which it is resident.{onnx_text}"""
+    out = []
+    for what, ms in rows.items():
+        out.append([what, len(ms), f"{percentile(ms, 50):.1f}", f"{percentile(ms, 99):.1f}"])
+    body = f"""
+Model: {MODEL}. A task bundle is {len(bundles[1]):,} bytes; the same network as a
+dense safetensors checkpoint is {sizes[1]:,} bytes. Stores: local directory (pemn-serve),
+files on disk (baseline). Torch pinned to {args.threads} thread(s). Every server first
+serves task 0 (pemn-serve: that builds the backbone), then the first request to
+each fresh task is timed on the client; servers alternate task by task. p99 over n
+samples is close to the maximum when n is small. Load average (1/5/15 min): from
+{loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+
+{table(["what", "n", "p50 ms", "p99 ms"], out)}
+
+{note_text}
+
+{reading}
+"""
+    print(body)
+    if not args.no_write:
+        write_section(
+            "cold_task",
+            "Cold task: first request to a task on a resident backbone vs a dense checkpoint",
+            body,
+            "python bench/bench_cold_task.py " + " ".join(sys.argv[1:]),
+        )
+
+
+if __name__ == "__main__":
+    main()
