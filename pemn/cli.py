@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pemn.archs import create_model, list_archs
+from pemn.archs import create_model, list_archs, parse_config_items
 from pemn.prototype import STRATEGIES, Strategy, layer_specs, stats
 
 __all__ = ["main"]
@@ -40,17 +40,10 @@ _PAPER_MODELS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def _parse_config(items: Sequence[str]) -> dict[str, Any]:
-    """``["width=256", "hidden=[128,64]"]`` -> ``{"width": 256, "hidden": [128, 64]}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --config expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    try:
+        return parse_config_items(items)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _stats_rows(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pemn.archs import list_archs
+from pemn.archs import list_archs, parse_config_items
 from pemn.prototype import SCALES
 from trainer.config import ALL_STRATEGIES, TrainConfig
 from trainer.data import DATASETS
@@ -26,17 +26,10 @@ __all__ = ["build_parser", "main"]
 
 
 def _parse_arch_config(items: Sequence[str]) -> dict[str, Any]:
-    """``["width=128", "hidden=[128,64]"]`` -> ``{"width": 128, "hidden": [128, 64]}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--config expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    try:
+        return parse_config_items(items)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _float_list(text: str) -> list[float]:

@@ -8,14 +8,15 @@ record the *full* config), rejects unknown keys, and checks sizes are positive.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
 from pemn.errors import InvalidParameterError, UnknownArchitectureError
 
-__all__ = ["create_model", "list_archs", "register", "resolve_config"]
+__all__ = ["create_model", "list_archs", "parse_config_items", "register", "resolve_config"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # Caps that keep a hostile config (e.g. from an uploaded bundle) from making the
@@ -39,6 +40,22 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 def list_archs() -> list[str]:
     """Names of all registered architectures, sorted."""
     return sorted(_REGISTRY)
+
+
+def parse_config_items(items: Sequence[str]) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` items -> a config dict; values are JSON when they
+    parse as JSON, else strings: ``["width=256", "hidden=[128,64]"]`` ->
+    ``{"width": 256, "hidden": [128, 64]}``. ``ValueError`` names a malformed item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:

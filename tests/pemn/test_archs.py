@@ -68,3 +68,13 @@ def test_resnet56_counts_match_the_paper():
     sizes = [m.weight.numel() for _, m in layers]
     assert sum(sizes) == 848_944
     assert max(sizes) == 36_864
+
+
+def test_parse_config_items_json_values_and_strings():
+    from pemn.archs import parse_config_items
+
+    got = parse_config_items(["width=128", "hidden=[64, 32]", "act=gelu", "scale=1e-2"])
+    assert got == {"width": 128, "hidden": [64, 32], "act": "gelu", "scale": 0.01}
+    for bad in ("width", "=3"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_config_items([bad])
