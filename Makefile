@@ -3,6 +3,7 @@
 #   make test    run the test suite (starts Redis and an S3 server on loopback when absent)
 #   make lint    ruff + mypy
 #   make bench   run every benchmark in bench/ and rewrite docs/benchmarks.md sections
+#   make bench-serving  only the serving benchmarks (HTTP load, task swap, cold task, runtimes, memory, batching)
 #   make compose-config  validate the compose files with Compose v2 itself (no engine needed)
 #   make image / image-gpu / up   build the images, docker compose up (needs a container engine)
 
@@ -15,7 +16,7 @@ PIP_TORCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data serve test test-fast lint bench compose-config deploy-check image image-gpu up clean
+.PHONY: setup data serve test test-fast lint bench bench-serving compose-config deploy-check image image-gpu up clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,10 @@ lint: setup
 
 bench: setup data
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+SERVING_BENCHES := bench_serving bench_task_swap bench_cold_task bench_runtimes bench_memory bench_batching
+bench-serving: setup data
+	@for b in $(SERVING_BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 compose-config: setup
 	$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")') \

@@ -65,6 +65,20 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+def _strides_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``ref``'s strides where the two differ only on size-1 dimensions
+    (the same memory layout, so a free view). An elementwise product gives a
+    channels-last weight of shape (C, 1, k, k) or (C, C, 1, 1) NCHW strides; the
+    convolution reads the weight's strides to choose its memory format, and with
+    them it would run the whole network NCHW: 1.4x slower per training step on the
+    CPU than channels-last."""
+    if t.stride() == ref.stride() or t.shape != ref.shape:
+        return t
+    if all(a == b or n == 1 for a, b, n in zip(t.stride(), ref.stride(), t.shape, strict=True)):
+        return t.as_strided(t.shape, ref.stride())
+    return t
+
+
 class _MaskedMixin:
     fixed_weight: torch.Tensor
     scores: nn.Parameter
@@ -90,7 +104,8 @@ class _MaskedMixin:
         return topk_mask(self.scores, self.kept).bool()
 
     def masked_weight(self) -> torch.Tensor:
-        return self.fixed_weight * _StraightThrough.apply(self.scores.abs(), self.kept)
+        w = self.fixed_weight * _StraightThrough.apply(self.scores.abs(), self.kept)
+        return _strides_of(w, self.fixed_weight)
 
 
 class MaskedConv2d(_MaskedMixin, nn.Module):

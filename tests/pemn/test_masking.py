@@ -127,3 +127,32 @@ def test_trained_state_is_the_same_for_plain_and_masked(arch):
     assert not any(k.endswith(("scores", "fixed_weight", "num_batches_tracked")) for k in a)
     maskable = {f"{n}.weight" for n, _ in maskable_layers(plain)}
     assert not maskable & set(b)
+
+
+def test_channels_last_masked_network_stays_channels_last():
+    """The masked weight keeps the fixed weight's strides, so a channels-last masked
+    ConvMixer (1x1 and depthwise kernels: ambiguous strides) runs channels-last end to
+    end like its dense twin, and computes the same function as NCHW."""
+    model, _ = _masked("convmixer", Strategy("mp"))
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    want = model(x)
+    model.to(memory_format=torch.channels_last)
+    outs = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: outs.append(out))
+        for m in model.modules()
+        if isinstance(m, MaskedConv2d)
+    ]
+    got = model(x.contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    for m in model.modules():
+        if isinstance(m, MaskedConv2d):
+            assert m.masked_weight().stride() == m.fixed_weight.stride()
+    assert outs and all(
+        o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous() for o in outs
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    got.sum().backward()  # the strided view is differentiable
+    assert all(m.scores.grad is not None for m in model.modules() if isinstance(m, MaskedConv2d))
