@@ -199,7 +199,13 @@ def _to_device(
 
 
 class Backbone:
-    """Fixed weights of one fingerprint on one device, shared by every task on it."""
+    """Fixed weights of one fingerprint on one device, shared by every task on it.
+
+    With ``channels_last=True`` tasks get their convolution weights in channels-last
+    memory format and PyTorch runs the whole network channels-last: 1.1x to 1.2x
+    faster than NCHW on the CPU for ConvMixer and ResNet (the service's default);
+    outputs then differ from the NCHW network by float rounding (about 1e-6
+    relative), so the default is NCHW, which reproduces the trained network exactly."""
 
     def __init__(
         self,
@@ -208,8 +214,11 @@ class Backbone:
         strategy: Strategy,
         device: str | torch.device = "cpu",
         prototype: Mapping[str, torch.Tensor] | None = None,
+        *,
+        channels_last: bool = False,
     ) -> None:
         self.arch = arch
+        self.channels_last = channels_last
         self.config = resolve_config(arch, **config)
         self.strategy = strategy
         self.device = resolve_device(device)
@@ -240,7 +249,12 @@ class Backbone:
 
     @classmethod
     def for_bundle(
-        cls, bundle: Bundle, device: str | torch.device = "cpu", *, use_embedded: bool = False
+        cls,
+        bundle: Bundle,
+        device: str | torch.device = "cpu",
+        *,
+        use_embedded: bool = False,
+        channels_last: bool = False,
     ) -> Backbone:
         """The backbone ``bundle`` needs, generated from its seed.
 
@@ -258,7 +272,9 @@ class Backbone:
                     bundle.prototype[pos : pos + s.numel].copy().reshape(s.shape)
                 )
                 pos += s.numel
-        return cls(m.arch.name, m.arch.config, bundle.strategy, device, proto)
+        return cls(
+            m.arch.name, m.arch.config, bundle.strategy, device, proto, channels_last=channels_last
+        )
 
     @property
     def nbytes(self) -> int:
@@ -277,7 +293,17 @@ class Backbone:
         weights: dict[str, torch.Tensor] = {}
         for s, off in zip(self.layout.layers, self._offsets, strict=True):
             mask = bits[8 * off : 8 * off + s.numel].view(s.shape)
-            weights[f"{s.name}.weight"] = self.fixed[s.name] * mask
+            fixed = self.fixed[s.name]
+            if fixed.dim() == 4 and self.channels_last:
+                w = torch.empty(
+                    s.shape,
+                    dtype=fixed.dtype,
+                    device=fixed.device,
+                    memory_format=torch.channels_last,
+                )
+                weights[f"{s.name}.weight"] = torch.mul(fixed, mask, out=w)
+            else:
+                weights[f"{s.name}.weight"] = fixed * mask
         state = torch.from_numpy(np.array(bundle.state)).to(self.device)
         pos = 0
         for e in self.layout.trained:

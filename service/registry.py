@@ -108,6 +108,7 @@ class Registry:
         metrics: Metrics,
         load_executor: Executor,
         inference_threads: int | None = None,
+        channels_last: bool = True,
     ) -> None:
         self.store = store
         self.device = device
@@ -117,6 +118,7 @@ class Registry:
         self.metrics = metrics
         self._pool = load_executor
         self._threads = inference_threads
+        self.channels_last = channels_last
         self.names: dict[str, NameInfo] = {}
         self._bundles: dict[str, Bundle] = {}  # content id -> validated bundle (latest versions)
         self._backbones: dict[str, Backbone] = {}  # fingerprint -> backbone on self.device
@@ -225,7 +227,9 @@ class Registry:
 
         async def build() -> Backbone:
             start = time.perf_counter()
-            b = await self._in_pool(Backbone.for_bundle, bundle, self.device)
+            b = await self._in_pool(
+                Backbone.for_bundle, bundle, self.device, channels_last=self.channels_last
+            )
             self.metrics.materialize_time.labels("backbone").observe(time.perf_counter() - start)
             self._backbones[b.fingerprint] = b
             log.info(

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     runtime_overrides: Annotated[dict[str, Literal["torch", "onnx"]], NoDecode] = Field(
         default_factory=dict, description="per-model runtime, e.g. 'fashion=onnx,mnist=torch'"
     )
+    channels_last: bool = Field(
+        True,
+        description="torch runtime: run convolutions in channels-last memory format (faster "
+        "on the CPU; outputs differ from NCHW by float rounding)",
+    )
     max_batch_size: int = Field(64, ge=1, le=4096, description="items per executed batch")
     max_batch_wait_ms: float = Field(
         2.0,

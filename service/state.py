@@ -42,6 +42,7 @@ class ServiceState:
             metrics=self.metrics,
             load_executor=self.load_pool,
             inference_threads=settings.inference_threads or None,
+            channels_last=settings.channels_last,
         )
         self.batcher = Batcher(
             self.infer_pool,

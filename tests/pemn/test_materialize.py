@@ -117,3 +117,39 @@ def test_layout_and_digest_caches() -> None:
     assert arch_layout("convmixer", {"depth": 2}) is not small
     generated_digest("sha256:test", lambda: calls.append(1) or {})
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("arch", "config"),
+    [
+        ("convmixer", {"in_channels": 1, "image_size": 28, "width": 16, "depth": 2, "patch": 2}),
+        ("resnet20", {"in_channels": 3, "image_size": 32}),
+    ],
+)
+def test_channels_last_backbone_runs_channels_last_and_agrees_with_nchw(arch, config) -> None:
+    import torch
+
+    from pemn.prototype import Strategy
+    from tests.pemn.bundles import make_bundle
+
+    b = read_bundle(make_bundle(arch, config, Strategy("mp", seed=0)))
+    nchw = Backbone.for_bundle(b).task(b).module
+    fast = Backbone.for_bundle(b, channels_last=True).task(b).module
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    exact_cl = [
+        torch.empty(m.weight.shape, memory_format=torch.channels_last).stride() for m in convs
+    ]
+    assert [m.weight.stride() for m in convs] == exact_cl
+    assert all(
+        m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    outs: list[torch.Tensor] = []
+    for m in convs:
+        m.register_forward_hook(lambda _m, _i, out: outs.append(out))
+    x = torch.rand(4, *b.manifest.input.shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = nchw(x), fast(x)
+    assert outs and all(
+        o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous() for o in outs
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -110,3 +110,26 @@ def test_loads_are_single_flight_per_task_and_parallel_across_tasks(tmp_path, mo
     asyncio.run(run())
     assert peak["same"] == 1  # never two loads of one task
     assert peak["total"] == 2  # the two tasks loaded at the same time
+
+
+def test_channels_last_setting_reaches_the_task_weights(tmp_path):
+    conv = {"in_channels": 1, "image_size": 28, "width": 16, "depth": 1, "patch": 2}
+
+    async def run() -> None:
+        store = open_async_store(f"file://{tmp_path}/store")
+        await store.put("conv", make_bundle("convmixer", conv))
+        strides = {}
+        with ThreadPoolExecutor(2) as pool:
+            for flag in (True, False):
+                reg = _registry(store, 1 << 30, pool)
+                reg.channels_last = flag
+                await reg.sync()
+                task = (await reg.get(reg.resolve_latest("conv"))).task
+                stem = task.module.net.stem.weight
+                strides[flag] = stem.stride()
+        await store.close()
+        shape = (16, 1, 2, 2)
+        assert strides[True] == torch.empty(shape, memory_format=torch.channels_last).stride()
+        assert strides[False] == torch.empty(shape).stride()
+
+    asyncio.run(run())
