@@ -56,8 +56,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loads = [load_average()]
     bundles = [read_bundle(task_bundle(i), verify=False) for i in range(args.tasks)]
-    backbone = Backbone.for_bundle(bundles[0])
+    backbone = Backbone.for_bundle(bundles[0], channels_last=True)  # as the service does
     tasks = [backbone.task(b) for b in bundles]
+    nchw_runner = TorchRunner(Backbone.for_bundle(bundles[0]).task(bundles[0]))
     graphs = OnnxGraphs()
     torch_runners = [TorchRunner(t) for t in tasks]
     onnx_runner = OnnxRunner(tasks[0], args.threads, graphs)
@@ -65,23 +66,27 @@ def main() -> None:
 
     # 1. cost per item vs batch size, one task
     sweep = []
-    per_item: dict[str, dict[int, float]] = {"torch": {}, "onnx": {}}
+    per_item: dict[str, dict[int, float]] = {"torch": {}, "onnx": {}, "nchw": {}}
     for n in SIZES:
         xb = np.ascontiguousarray(x[:n])
-        reps = max(3, args.repeats * 4 // n)
+        reps = max(12, args.repeats * 8 // n)
         ms = _median_ms(
             {
                 "torch": lambda xb=xb: torch_runners[0](xb),
+                "nchw": lambda xb=xb: nchw_runner(xb),
                 "onnx": lambda xb=xb: onnx_runner(xb),
             },
             reps,
         )
         per_item["torch"][n] = ms["torch"] / n
         per_item["onnx"][n] = ms["onnx"] / n
+        per_item["nchw"][n] = ms["nchw"] / n
         sweep.append(
             [
                 n,
+                f"{ms['nchw']:.2f}",
                 f"{ms['torch']:.2f}",
+                f"{ms['nchw'] / ms['torch']:.2f}x",
                 f"{ms['torch'] / n:.2f}",
                 f"{ms['onnx']:.2f}",
                 f"{ms['onnx'] / n:.2f}",
@@ -193,9 +198,11 @@ Model: {MODEL}; torch and ONNX Runtime pinned to {args.threads} thread(s); in-pr
 one forward per timing, variants interleaved, medians. Load average (1/5/15 min):
 from {loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
 
-Cost per item vs batch size (one task):
+Cost per item vs batch size (one task). `torch` is what the service runs
+(`PEMN_CHANNELS_LAST=true`, the default: convolution weights channels-last);
+`torch NCHW` the same task with `channels_last=False`:
 
-{table(["batch", "torch ms", "torch ms/item", "onnx ms", "onnx ms/item"], sweep)}
+{table(["batch", "torch NCHW ms", "torch ms", "channels-last speed-up", "torch ms/item", "onnx ms", "onnx ms/item"], sweep)}
 
 Batching across tasks ({t_} tasks on one backbone, one item each; vmap output equals the
 per-task runs within {exact:.1e}):

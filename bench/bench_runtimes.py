@@ -103,7 +103,7 @@ def main() -> None:
 
     # in-process runners on the same task, interleaved
     bundle = read_bundle(data)
-    task = Backbone.for_bundle(bundle).task(bundle)
+    task = Backbone.for_bundle(bundle, channels_last=True).task(bundle)  # as the service does
     runners = {"torch": TorchRunner(task), "onnx": OnnxRunner(task, args.threads)}
     inproc: dict[tuple[str, str], list[float]] = {}
     for b in ("1", "32"):
