@@ -210,18 +210,19 @@ class Batcher:
 
     def _run(self, q: _Queue, batch: list[_Item]) -> None:
         name = q.loaded.ref.name
+        label = self._metrics.model_label(name)
         start = time.perf_counter()
         for item in batch:
-            self._metrics.queue_time.labels(name).observe(start - item.enqueued)
+            self._metrics.queue_time.labels(label).observe(start - item.enqueued)
         x = batch[0].x if len(batch) == 1 else np.concatenate([i.x for i in batch])
-        self._metrics.batch_size.labels(name).observe(len(x))
+        self._metrics.batch_size.labels(label).observe(len(x))
         try:
             logits = q.loaded.runner(x)
         except Exception as exc:
             log.exception("batch of %d for %s v%d failed", len(x), name, q.loaded.ref.version)
             self._deliver(batch, exc)
             return
-        self._metrics.compute_time.labels(name, q.loaded.runtime).observe(
+        self._metrics.compute_time.labels(label, q.loaded.runtime).observe(
             time.perf_counter() - start
         )
         self._deliver(batch, logits)

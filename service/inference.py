@@ -37,7 +37,7 @@ async def infer(
     start = time.perf_counter()
     timeout_s = (timeout_ms or svc.settings.request_timeout_ms) / 1000
     status = 500
-    label = model if model in svc.registry.names else "_unknown"
+    label = svc.metrics.model_label(model) if model in svc.registry.names else "_unknown"
     try:
         if not svc.ready:
             raise APIError(

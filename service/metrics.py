@@ -3,6 +3,8 @@ live in one process, e.g. in tests)."""
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
@@ -11,8 +13,19 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+OTHER_MODELS = "_other"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """``max_models`` bounds the per-model label values: the first ``max_models``
+    model names seen get their own series, every later one is counted under
+    ``_other`` (a server with thousands of tasks would otherwise export thousands
+    of histograms). Names stay tracked for the process's lifetime."""
+
+    def __init__(self, max_models: int = 200) -> None:
+        self.max_models = max_models
+        self._models: set[str] = set()
+        self._models_lock = threading.Lock()
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "pemn_requests",
@@ -74,3 +87,14 @@ class Metrics:
         self.store_syncs = Counter(
             "pemn_store_syncs", "Store listings after a change notification", registry=r
         )
+
+    def model_label(self, name: str) -> str:
+        """``name`` as a label value: itself while fewer than ``max_models`` names
+        have their own series, else ``_other``."""
+        if name in self._models:
+            return name
+        with self._models_lock:
+            if name in self._models or len(self._models) < self.max_models:
+                self._models.add(name)
+                return name
+        return OTHER_MODELS

@@ -200,9 +200,9 @@ class Registry:
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
-            self.metrics.cache_hits.labels(ref.name).inc()
+            self.metrics.cache_hits.labels(self.metrics.model_label(ref.name)).inc()
             return hit
-        self.metrics.cache_misses.labels(ref.name).inc()
+        self.metrics.cache_misses.labels(self.metrics.model_label(ref.name)).inc()
         return await self._task_flight.run(key, lambda: self._load(ref, runtime))
 
     async def _bundle(self, ref: ModelRef) -> Bundle:

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="torch runtime: run convolutions in channels-last memory format (faster "
         "on the CPU; outputs differ from NCHW by float rounding)",
     )
+    metrics_max_models: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="models with their own Prometheus series; later ones are counted "
+        "under model='_other' (bounds /metrics on servers with many tasks)",
+    )
     max_batch_size: int = Field(64, ge=1, le=4096, description="items per executed batch")
     max_batch_wait_ms: float = Field(
         2.0,

@@ -26,7 +26,7 @@ log = logging.getLogger("service")
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_models=settings.metrics_max_models)
         self.device = resolve_device(settings.device)
         if settings.inference_threads:
             torch.set_num_threads(settings.inference_threads)

@@ -140,9 +140,7 @@ def test_channels_last_backbone_runs_channels_last_and_agrees_with_nchw(arch, co
         torch.empty(m.weight.shape, memory_format=torch.channels_last).stride() for m in convs
     ]
     assert [m.weight.stride() for m in convs] == exact_cl
-    assert all(
-        m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.Conv2d)
-    )
+    assert all(m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.Conv2d))
     outs: list[torch.Tensor] = []
     for m in convs:
         m.register_forward_hook(lambda _m, _i, out: outs.append(out))

@@ -156,3 +156,19 @@ def test_an_existing_oip_client_works_unchanged(server):
     out = client.infer("oip-client", [inp], outputs=[httpclient.InferRequestedOutput("logits")])
     np.testing.assert_allclose(out.as_numpy("logits"), local_logits(data, x), atol=1e-5)
     client.close()
+
+
+def test_per_model_metric_series_are_bounded(start_server, redis_store):
+    s = start_server(store_url=f"{redis_store}-m", api_key=API_KEY, metrics_max_models="2")
+    names = [f"series-{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        assert upload(s, name, make_bundle(mask_seed=300 + i)).status_code == 201
+    x = images(1, seed=3)
+    for name in names:
+        predict_logits(s, name, x)
+    text = s.client.get("/metrics").text
+    counted = {n: s.metric("pemn_requests_total", model=n, status="200") for n in names}
+    assert sum(1 for n in names if counted[n] == 1) == 2  # two names got their own series
+    assert sum(1 for n in names if f'model="{n}"' in text) == 2
+    assert s.metric("pemn_requests_total", model="_other", status="200") == 2
+    assert s.metric("pemn_batch_size_count", model="_other") == 2
