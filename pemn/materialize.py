@@ -1,22 +1,38 @@
-"""Bundle -> eval-mode network on a device, sharing one backbone across tasks.
+"""Bundle -> weights on a device over a shared backbone, and the networks that run them.
 
 A ``Backbone`` holds the fixed weights of one fingerprint (architecture, config,
-strategy, seed, generator) on one device; they are generated once, on the CPU,
-checked against the digest, then moved. A ``Task`` is one bundle applied to a
-backbone: its packed masks are copied to the device and unpacked there, each
-maskable weight becomes ``fixed * mask``, norms take the bundle's folded values,
-and the result is an ordinary eval-mode module that takes pixels in the input
-range and normalises them itself. Building a task allocates only that task's
-weights; the backbone's fixed weights and constants are shared.
+strategy, seed, generator) on one device, generated once on the CPU, checked
+against the digest, then moved. Tasks live in two forms:
+
+* ``PackedTask``: what stays resident for every task (the packed tier): its 1-bit
+  masks and its folded norm state, about 1/30 of a dense copy.
+* ``TaskWeights``: the task's tensors expanded on the device in the backbone's flat
+  layout (the hot tier): every maskable weight ``fixed * mask`` and the norms.
+  ``Backbone.materialize`` builds them with two tensor operations over the whole
+  network (unpack the mask bits, multiply by the padded fixed weights) plus one
+  copy of the state, into a preallocated buffer when given one.
+
+The backbone owns one network (``pemn.multitask``) that runs any task's weights:
+``forward`` for a batch of one task, ``forward_mixed`` for a batch whose samples
+use different tasks (per-sample weights, one pass), ``forward_grouped`` for the
+same as one pass per task. No module is built per task.
+
+Flat layout of a task (float32): layer ``l``'s ``n_l`` weights at
+``8 * mask_offset(l)`` (the byte offset of its packed mask times 8, so all masks
+unpack in one call; the few padding values are zero), then the state values in
+storage order, then the input mean and std per channel.
+
+``materialize(bundle)`` and ``Backbone.module`` build an ordinary standalone
+``nn.Module`` (for export, training tools and tests); the service never does.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,21 +49,24 @@ from pemn.bundle.spec import (
     clear_layout_cache,
     fingerprint,
     mask_offsets,
-    meta_model,
 )
+from pemn.multitask import Slot, TaskContext, convert
 from pemn.prototype import Strategy, digest, generate
 
 __all__ = [
     "Backbone",
+    "MixedMode",
     "Normalize",
+    "PackedTask",
     "Task",
+    "TaskWeights",
     "clear_caches",
     "materialize",
     "resolve_device",
     "unpack_bits",
 ]
 
-_NORM_LEAF = {"scale": "weight", "shift": "bias"}  # folded BatchNorm -> module parameter
+MixedMode = Literal["per_sample", "per_task"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -83,6 +102,7 @@ class _Net(nn.Module):
 
 
 _BIT_TABLE = torch.tensor([[(i >> j) & 1 for j in range(8)] for i in range(256)], dtype=torch.bool)
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
@@ -98,114 +118,98 @@ def _unpack_by_table(packed: torch.Tensor) -> torch.Tensor:
     return _BIT_TABLE.to(packed.device).index_select(0, packed.int()).view(-1)
 
 
+@dataclass(eq=False)
+class PackedTask:
+    """A task in packed form, resident on the CPU: masks (1 bit per weight, uint8)
+    and ``tail`` (the folded norm state, then the input mean and std, float32)."""
+
+    content_id: str
+    fingerprint: str
+    masks: np.ndarray = field(repr=False)  # uint8 (mask bytes,)
+    tail: torch.Tensor = field(repr=False)  # float32 (state values + 2 C,)
+    input: InputSpec
+    labels: tuple[str, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.masks.nbytes + self.tail.numel() * 4)
+
+
+@dataclass(eq=False)
+class TaskWeights:
+    """A task's tensors on the device in the backbone's flat layout."""
+
+    content_id: str
+    flat: torch.Tensor = field(repr=False)  # float32 (backbone.size,)
+    slots: Sequence[Slot] = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
+
+    @cached_property
+    def views(self) -> list[torch.Tensor]:
+        return [s.view(self.flat) for s in self.slots]
+
+
 @dataclass
 class Task:
-    """One bundle materialized over a backbone: an eval-mode module and its cost."""
+    """One bundle over a backbone as a standalone eval-mode module (tools, export)."""
 
     module: nn.Module
     fingerprint: str
     content_id: str
     labels: list[str]
     input: InputSpec
-    nbytes: int  # bytes this task owns on the device (its masked weights and norms)
+    nbytes: int  # bytes this task owns on the device (its weights and norms)
     device: torch.device
+    weights: TaskWeights | None = None
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.to(self.device, torch.float32))
 
 
-_CONTAINERS = (dict, set, list)
-
-
-def _clone_structure(module: nn.Module) -> nn.Module:
-    """A copy of ``module``'s tree that shares tensors and immutable attributes but
-    has its own containers (parameters, buffers, submodules, hooks, sets), so that
-    assigning a tensor to the copy never touches ``module``. Much cheaper than
-    ``copy.deepcopy`` of a module, which copies every attribute through the
-    generic deepcopy machinery."""
-    new = module.__class__.__new__(module.__class__)
-    state = module.__dict__.copy()
-    for key, value in state.items():
-        if isinstance(value, _CONTAINERS):
-            state[key] = value.copy()
-    state["_modules"] = {
-        k: None if m is None else _clone_structure(m) for k, m in module._modules.items()
-    }
-    new.__dict__.update(state)
-    return new
-
-
-@functools.lru_cache(maxsize=16)
-def _cpu_parts(arch: str, config_json: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Per (architecture, config), built once: the eval-mode module tree on the meta
-    device with folded BatchNorms (eps 0), and the CPU buffers every task of every
-    backbone shares: BatchNorm statistics (0 and 1 after folding) and counters, made
-    from their shapes, and derived tables such as ViT positions, taken from one real
-    instance (built only for architectures that have such buffers)."""
+@lru_cache(maxsize=16)
+def _derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
+    """Non-persistent buffers of ``arch(**config)`` (derived tables such as ViT
+    positions), from one real CPU instance, built only for architectures that have them."""
     config = json.loads(config_json)
-    layout = arch_layout(arch, config)
-    template = _clone_structure(meta_model(arch, config)).eval()
-    constants: dict[str, torch.Tensor] = {}
-    real: nn.Module | None = None
-    for module_name, module in template.named_modules():
-        for leaf, buf in module._buffers.items():
-            if buf is None:
-                continue
-            name = f"{module_name}.{leaf}" if module_name else leaf
-            kind = layout.norms.get(module_name, (None, 0.0))[0]
-            if kind == "batchnorm" and leaf in ("running_mean", "running_var"):
-                fill = 0.0 if leaf == "running_mean" else 1.0
-                constants[name] = torch.full(buf.shape, fill, dtype=buf.dtype)
-            elif kind == "batchnorm" and leaf == "num_batches_tracked":
-                constants[name] = torch.zeros(buf.shape, dtype=buf.dtype)
-            elif leaf in module._non_persistent_buffers_set:  # derived: compute it for real
-                if real is None:
-                    real = create_model(arch, **config)
-                constants[name] = real.get_buffer(name)
-    # norms are stored folded (see bundle spec): BatchNorm runs with mean 0, var 1, eps 0
-    for name, (kind, _) in layout.norms.items():
-        if kind == "batchnorm":
-            template.get_submodule(name).eps = 0.0  # type: ignore[assignment]
-    return template, constants
+    with torch.device("meta"):
+        meta = create_model(arch, **config)
+    names = [
+        f"{mn}.{leaf}" if mn else leaf
+        for mn, m in meta.named_modules()
+        for leaf in m._non_persistent_buffers_set
+    ]
+    if not names:
+        return {}
+    real = create_model(arch, **config)
+    return {n: real.get_buffer(n) for n in names}
 
 
 def clear_caches() -> None:
-    """Drop the process-wide caches of architecture layouts, module templates and
+    """Drop the process-wide caches of architecture layouts, derived buffers and
     prototype digests (for benchmarks of cold starts and for tests)."""
-    _cpu_parts.cache_clear()
+    _derived_buffers.cache_clear()
     clear_layout_cache()
     forget_digests()
 
 
-def _to_device(
-    tensors: Mapping[str, torch.Tensor], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``tensors`` on ``device``, keeping shared memory shared: each underlying storage
-    is moved once and the tensors are re-made as views of it (mp and rp layers are
-    prefixes of one vector, one_layer layers repeat)."""
-    moved: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, t in tensors.items():
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key not in moved:
-            flat = torch.empty(0, dtype=t.dtype).set_(
-                storage, 0, (storage.nbytes() // t.element_size(),), (1,)
-            )
-            moved[key] = flat.to(device)
-        out[name] = moved[key].as_strided(t.shape, t.stride(), t.storage_offset())
-    return out
+def _norm_key(name: str) -> str:
+    """State entry name -> the parameter it becomes in the standalone module."""
+    module, _, leaf = name.rpartition(".")
+    return f"{module}.{ {'scale': 'weight', 'shift': 'bias'}.get(leaf, leaf) }"
 
 
 class Backbone:
-    """Fixed weights of one fingerprint on one device, shared by every task on it.
+    """Fixed weights of one fingerprint on one device, shared by every task on it,
+    and the one network that runs any of those tasks.
 
-    With ``channels_last=True`` tasks get their convolution weights in channels-last
-    memory format and PyTorch runs the whole network channels-last: 1.1x to 1.2x
-    faster than NCHW on the CPU for ConvMixer and ResNet (the service's default);
-    outputs then differ from the NCHW network by float rounding (about 1e-6
-    relative), so the default is NCHW, which reproduces the trained network exactly."""
+    ``channels_last`` runs single-task batches of convolutional networks in
+    channels-last memory format (the input is converted; PyTorch then keeps the
+    whole network channels-last): faster on the CPU, equal to NCHW up to float
+    rounding (about 1e-6 relative), so the default is NCHW."""
 
     def __init__(
         self,
@@ -231,21 +235,57 @@ class Backbone:
             cpu = generate(self.layout.layers, strategy)
             # the generator's output is a function of the fingerprint: hash it once per process
             self.digest = generated_digest(self.fingerprint, lambda: cpu)
-        self.fixed = _to_device(cpu, self.device)
-        self._offsets, _ = mask_offsets(self.layout.layers)
-        template, constants = _cpu_parts(arch, canonical_json(self.config))
-        self._template = template
-        self._constants = {k: v.to(self.device) for k, v in constants.items()}
-        # where each tensor of a task goes: (module path, leaf, source)
-        params = {n for n, _ in template.named_parameters()}
-        buffers = {n for n, _ in template.named_buffers()}
-        weight_keys = {f"{s.name}.weight" for s in self.layout.layers}
-        norm_keys = {
-            f"{e.name.rpartition('.')[0]}.{_NORM_LEAF.get(e.name.rpartition('.')[2], e.name.rpartition('.')[2])}"
-            for e in self.layout.trained
-        }
-        if params != weight_keys | norm_keys or buffers != set(self._constants):
-            raise RuntimeError(f"{arch}: the bundle layout does not cover the module's tensors")
+        offsets, mask_bytes = mask_offsets(self.layout.layers)
+        self.mask_bytes = mask_bytes
+        self._lw = 8 * mask_bytes  # the weights region of the flat layout
+        slots = [
+            Slot(f"{s.name}.weight", tuple(s.shape), 8 * off, self._strides(tuple(s.shape)))
+            for s, off in zip(self.layout.layers, offsets, strict=True)
+        ]
+        pos = self._lw
+        for e in self.layout.trained:
+            slots.append(Slot(e.name, tuple(e.shape), pos))
+            pos += e.numel
+        channels = self.config["in_channels"]
+        slots += [
+            Slot("input.mean", (channels,), pos),
+            Slot("input.std", (channels,), pos + channels),
+        ]
+        self.size = pos + 2 * channels
+        self.slots: tuple[Slot, ...] = tuple(slots)
+        fixed_flat = torch.zeros(self._lw)
+        for s, slot in zip(self.layout.layers, slots, strict=False):
+            fixed_flat[slot.offset : slot.offset + slot.numel] = cpu[s.name].reshape(-1)
+        self._fixed_flat = fixed_flat.to(self.device)
+        self._shifts = _SHIFTS.to(self.device)
+        self._ctx = TaskContext()
+        self._net = self._build_net()
+        self._banks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def _strides(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Channels-last strides for a kernel whose channels-last layout is its
+        contiguous one (1x1, or one input channel): a free view that makes PyTorch
+        run the convolution, and the rest of the network, channels-last."""
+        if not self.channels_last or len(shape) != 4 or not (shape[1] == 1 or shape[2:] == (1, 1)):
+            return None
+        return tuple(torch.empty(shape, device="meta", memory_format=torch.channels_last).stride())
+
+    def _build_net(self) -> nn.Module:
+        """The backbone's one network: the architecture's module tree (built on the
+        meta device) with its layers converted to read task weights, and the derived
+        buffers (e.g. ViT positions) made real on the device."""
+        with torch.device("meta"):
+            tree = create_model(self.arch, **self.config)
+        index = {s.name: i for i, s in enumerate(self.slots)}
+        net = convert(tree, index, index["input.mean"], index["input.std"], self._ctx)
+        for name, buf in _derived_buffers(self.arch, canonical_json(self.config)).items():
+            module, _, leaf = name.rpartition(".")
+            net.get_submodule(f"net.{module}" if module else "net").register_buffer(
+                leaf, buf.clone(), persistent=False
+            )
+        if any(b.is_meta for b in net.buffers()):
+            raise ValueError(f"{self.arch}: a buffer of the network is neither a norm nor derived")
+        return net.to(self.device)
 
     @classmethod
     def for_bundle(
@@ -277,73 +317,219 @@ class Backbone:
         )
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of fixed weights on the device (layers that share memory count once)."""
-        storages = {
-            w.untyped_storage().data_ptr(): w.untyped_storage().nbytes()
-            for w in self.fixed.values()
+    def fixed(self) -> dict[str, torch.Tensor]:
+        """Each maskable layer's fixed weights (views of the padded flat vector)."""
+        return {
+            s.name: self._fixed_flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
+            for s, slot in zip(self.layout.layers, self.slots, strict=False)
         }
-        return sum(storages.values())
 
-    def weights(self, bundle: Bundle) -> dict[str, torch.Tensor]:
-        """The task's own tensors by state-dict key: every maskable weight as
-        ``fixed * mask`` and the norms' values (views of one state tensor)."""
-        packed = torch.from_numpy(np.array(bundle.masks)).to(self.device, non_blocking=True)
-        bits = unpack_bits(packed)
-        weights: dict[str, torch.Tensor] = {}
-        for s, off in zip(self.layout.layers, self._offsets, strict=True):
-            mask = bits[8 * off : 8 * off + s.numel].view(s.shape)
-            fixed = self.fixed[s.name]
-            if fixed.dim() == 4 and self.channels_last:
-                w = torch.empty(
-                    s.shape,
-                    dtype=fixed.dtype,
-                    device=fixed.device,
-                    memory_format=torch.channels_last,
-                )
-                weights[f"{s.name}.weight"] = torch.mul(fixed, mask, out=w)
-            else:
-                weights[f"{s.name}.weight"] = fixed * mask
-        state = torch.from_numpy(np.array(bundle.state)).to(self.device)
-        pos = 0
-        for e in self.layout.trained:
-            module_name, _, leaf = e.name.rpartition(".")
-            weights[f"{module_name}.{_NORM_LEAF.get(leaf, leaf)}"] = state[
-                pos : pos + e.numel
-            ].view(e.shape)
-            pos += e.numel
-        return weights
+    @property
+    def nbytes(self) -> int:
+        """Bytes the backbone holds on the device (its padded fixed weights)."""
+        return self._fixed_flat.numel() * 4
 
-    def module(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
-        """An eval-mode network: a copy of the template's structure holding
-        ``weights`` as frozen parameters and the backbone's shared buffers."""
-        net = _clone_structure(self._template)
-        modules = dict(net.named_modules())
-        for key, tensor in weights.items():
-            module_name, _, leaf = key.rpartition(".")
-            modules[module_name]._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
-        for key, buf in self._constants.items():
-            module_name, _, leaf = key.rpartition(".")
-            modules[module_name]._buffers[leaf] = buf
-        return net
+    @property
+    def task_nbytes(self) -> int:
+        """Bytes of one task's ``TaskWeights`` on the device."""
+        return self.size * 4
 
-    def task(self, bundle: Bundle, *, verify: bool = True) -> Task:
-        """Materialize ``bundle`` over this backbone. With ``verify`` the manifest's
-        prototype digest must equal this backbone's."""
+    # ---- tasks ------------------------------------------------------------------
+
+    def pack(self, bundle: Bundle, *, verify: bool = True) -> PackedTask:
+        """The packed form of ``bundle`` (copies of its masks and state: the bundle
+        bytes can go). With ``verify`` its prototype digest must be this backbone's."""
         if bundle.fingerprint != self.fingerprint:
-            raise ValueError(
-                f"bundle backbone {bundle.fingerprint} is not this backbone {self.fingerprint}"
+            raise E.ArchitectureMismatch(
+                f"bundle needs backbone {bundle.fingerprint}, got {self.fingerprint}", "fingerprint"
             )
         if verify:
             verify_prototype(bundle, self.digest)
-        weights = self.weights(bundle)
-        net = self.module(weights)
         m = bundle.manifest
-        normalize = Normalize(m.input.mean, m.input.std).to(self.device)
-        module = _Net(normalize, net).eval().requires_grad_(False)
-        own = sum(w.numel() * w.element_size() for w in weights.values())
+        tail = np.concatenate(
+            [
+                np.asarray(bundle.state, dtype=np.float32),
+                np.asarray(m.input.mean, np.float32),
+                np.asarray(m.input.std, np.float32),
+            ]
+        )
+        return PackedTask(
+            bundle.content_id,
+            self.fingerprint,
+            np.array(bundle.masks, dtype=np.uint8),
+            torch.from_numpy(tail),
+            m.input,
+            tuple(m.labels),
+        )
+
+    def check(self, packed: PackedTask) -> None:
+        """Raise ``ValueError`` unless ``packed`` is a task of this backbone (what
+        ``materialize`` needs: the fingerprint and the sizes of its arrays)."""
+        if packed.fingerprint != self.fingerprint:
+            raise ValueError(f"task of backbone {packed.fingerprint} is not for {self.fingerprint}")
+        if packed.masks.shape != (self.mask_bytes,) or packed.tail.shape != (self.size - self._lw,):
+            raise ValueError(f"task {packed.content_id[:19]} does not have this backbone's layout")
+
+    def empty_weights(self, content_id: str = "") -> TaskWeights:
+        return TaskWeights(content_id, torch.empty(self.size, device=self.device), self.slots)
+
+    def materialize(
+        self, packed: PackedTask, out: TaskWeights | torch.Tensor | None = None
+    ) -> TaskWeights:
+        """``packed``'s weights on the device, written into ``out`` when given (a
+        ``TaskWeights`` or a flat float32 tensor of ``size`` values)."""
+        self.check(packed)
+        if out is None:
+            weights = self.empty_weights(packed.content_id)
+        elif isinstance(out, TaskWeights):
+            weights = out
+            weights.content_id = packed.content_id
+        else:
+            weights = TaskWeights(packed.content_id, out, self.slots)
+        flat, lw = weights.flat, self._lw
+        if self.device.type == "cpu":
+            unpacked = np.unpackbits(packed.masks, bitorder="little")  # uint8 (lw,)
+            np.multiply(self._fixed_flat.numpy(), unpacked, out=flat[:lw].numpy())
+        else:
+            on_device = torch.from_numpy(packed.masks).to(self.device, non_blocking=True)
+            bits = (on_device[:, None] >> self._shifts) & 1  # (mask bytes, 8), LSB first
+            torch.mul(self._fixed_flat.view(-1, 8), bits, out=flat[:lw].view(-1, 8))
+        flat[lw:].copy_(packed.tail, non_blocking=True)
+        return weights
+
+    # ---- running tasks ---------------------------------------------------------
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        if self.channels_last and x.dim() == 4 and self._convolutional:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @cached_property
+    def _convolutional(self) -> bool:
+        return any(len(s.shape) == 4 for s in self.layout.layers)
+
+    def forward(self, x: torch.Tensor, weights: TaskWeights) -> torch.Tensor:
+        """Logits (B, classes) of one task on x: (B, C, H, W) pixels."""
+        ctx = self._ctx
+        ctx.views, ctx.bank = weights.views, None
+        try:
+            with torch.inference_mode():
+                return self._net(self._input(x))
+        finally:
+            ctx.views = None
+
+    def _bank(self, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A (rows, size) buffer and its per-slot (rows, *shape) views, kept per size."""
+        hit = self._banks.get(rows)
+        if hit is None:
+            if len(self._banks) >= 64:
+                self._banks.clear()
+            bank = torch.empty(rows, self.size, device=self.device)
+            views = [
+                bank[:, s.offset : s.offset + s.numel].view(rows, *s.shape) for s in self.slots
+            ]
+            hit = self._banks[rows] = (bank, views)
+        return hit
+
+    def forward_mixed(
+        self, x: torch.Tensor, tasks: Sequence[TaskWeights | PackedTask]
+    ) -> torch.Tensor:
+        """Logits of a batch whose sample ``i`` uses ``tasks[i]``, in one pass with
+        per-sample weights. Packed tasks are materialized straight into the batch's
+        weight bank. The bank is reused: not safe for concurrent calls on one backbone."""
+        if len(tasks) != len(x):
+            raise ValueError(f"{len(x)} samples but {len(tasks)} tasks")
+        bank, views = self._bank(len(x))
+        done: dict[int, int] = {}  # id(task) -> row already holding it
+        for i, t in enumerate(tasks):
+            row = done.get(id(t))
+            if row is not None:
+                bank[i].copy_(bank[row])
+            elif isinstance(t, PackedTask):
+                self.materialize(t, bank[i])
+            else:
+                bank[i].copy_(t.flat)
+            done.setdefault(id(t), i)
+        ctx = self._ctx
+        ctx.views, ctx.bank = None, views
+        try:
+            with torch.inference_mode():
+                return self._net(x.to(self.device, torch.float32).contiguous())
+        finally:
+            ctx.bank = None
+
+    def forward_grouped(
+        self,
+        x: torch.Tensor,
+        tasks: Sequence[TaskWeights | PackedTask],
+        scratch: TaskWeights | None = None,
+    ) -> torch.Tensor:
+        """The same as ``forward_mixed`` as one ``forward`` per distinct task (packed
+        tasks materialized into ``scratch``, or a fresh buffer)."""
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            groups.setdefault(id(t), []).append(i)
+        out: torch.Tensor | None = None
+        for rows in groups.values():
+            t = tasks[rows[0]]
+            weights = self.materialize(t, scratch) if isinstance(t, PackedTask) else t
+            part = x[rows[0] : rows[0] + 1] if len(rows) == 1 else x[rows]
+            logits = self.forward(part, weights)
+            if out is None:
+                out = logits.new_empty(len(x), logits.shape[1])
+            out[rows] = logits
+        assert out is not None
+        return out
+
+    # ---- standalone modules ------------------------------------------------------
+
+    def module(self, weights: TaskWeights, input_spec: InputSpec | None = None) -> nn.Module:
+        """An ordinary eval-mode ``nn.Module`` holding ``weights`` (shared memory) as
+        parameters named like the bundle's state-dict keys (``net.<layer>.weight``,
+        BatchNorms with their folded values, mean 0, var 1, eps 0)."""
+        views = weights.views
+        with torch.device("meta"):
+            net = create_model(self.arch, **self.config)
+        state: dict[str, torch.Tensor] = {}
+        for slot, view in zip(self.slots, views, strict=True):
+            if slot.name.startswith("input."):
+                continue
+            state[slot.name if slot.offset < self._lw else _norm_key(slot.name)] = view
+        for name, (kind, _) in self.layout.norms.items():
+            if kind == "batchnorm":
+                bn = net.get_submodule(name)
+                features = int(bn.num_features)  # type: ignore[arg-type]
+                state[f"{name}.running_mean"] = torch.zeros(features, device=self.device)
+                state[f"{name}.running_var"] = torch.ones(features, device=self.device)
+                state[f"{name}.num_batches_tracked"] = torch.zeros(
+                    (), dtype=torch.long, device=self.device
+                )
+                bn.eps = 0.0  # type: ignore[assignment]
+        net.load_state_dict(state, strict=True, assign=True)
+        for name, buf in _derived_buffers(self.arch, canonical_json(self.config)).items():
+            module, _, leaf = name.rpartition(".")
+            net.get_submodule(module).register_buffer(leaf, buf.to(self.device), persistent=False)
+        mean = views[-2].tolist() if input_spec is None else input_spec.mean
+        std = views[-1].tolist() if input_spec is None else input_spec.std
+        normalize = Normalize(tuple(mean), tuple(std)).to(self.device)
+        return _Net(normalize, net).eval().requires_grad_(False)
+
+    def task(self, bundle: Bundle, *, verify: bool = True) -> Task:
+        """Materialize ``bundle`` over this backbone as a standalone module. With
+        ``verify`` the manifest's prototype digest must equal this backbone's."""
+        packed = self.pack(bundle, verify=verify)
+        weights = self.materialize(packed)
+        m = bundle.manifest
         return Task(
-            module, self.fingerprint, bundle.content_id, list(m.labels), m.input, own, self.device
+            self.module(weights, m.input),
+            self.fingerprint,
+            bundle.content_id,
+            list(m.labels),
+            m.input,
+            weights.nbytes,
+            self.device,
+            weights,
         )
 
 
@@ -354,8 +540,4 @@ def materialize(
     logits (B, classes). Pass ``backbone`` to reuse resident fixed weights."""
     if backbone is None:
         backbone = Backbone.for_bundle(bundle, device)
-    elif backbone.fingerprint != bundle.fingerprint:
-        raise E.ArchitectureMismatch(
-            f"bundle needs backbone {bundle.fingerprint}, got {backbone.fingerprint}", "fingerprint"
-        )
     return backbone.task(bundle).module

@@ -1,22 +1,26 @@
-"""Dynamic batching: requests are queued per task and run in batches on the device's
-inference thread, each batch formed at the moment the device is free to run it.
+"""Dynamic batching: requests are queued per lane (one backbone on one runtime) and
+run in batches on the device's inference thread, each batch formed at the moment
+the device is free to run it. Requests for different tasks of one backbone share a
+queue, so they share batches: the lane runs a mixed batch in one hand-off
+(``service.runtimes``).
 
-Each materialized task (content id + runtime) has its own queue. The inference
-thread (one per device: batches of different tasks run one after another, with no
-weight copies between them) repeatedly takes the queue whose oldest request has
-waited longest and runs up to ``max_batch`` items of it. Because the batch is taken
+The inference thread (one per device) repeatedly takes the lane whose oldest
+request has waited longest and runs up to ``max_batch`` items of it, oldest first
+whatever their tasks. Because the batch is taken
 only when the device is free, everything that arrived while the previous batch ran
 joins the next one, and no batch waits in line behind others while more requests
 queue up. A lone request on a quiet server runs at once. Under load, when the
 device has just run a batch and the next one would be smaller, it waits up to
 ``max_wait`` (from the moment the device became free) for the previous batch's
-clients to send their next requests, unless another task has work: the device
-never idles while another task's requests are runnable.
+clients to send their next requests, unless another lane has work: the device
+never idles while another lane's requests are runnable.
 
 A request is a unit: its items stay in one batch. The queue is bounded across all
-tasks (503 with Retry-After when full) and every request has a deadline (504 when
-exceeded; it is then skipped if its batch has not started). Results go back to the
-event loop with ``call_soon_threadsafe``; the loop never waits for the device.
+lanes (``Overloaded`` when full) and every request has a deadline
+(``DeadlineExceeded``; it is then skipped if its batch has not started). A lane
+answers each request on its own, so one task's failure fails only its requests.
+Results go back to the event loop with ``call_soon_threadsafe``; the loop never
+waits for the device.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from service.errors import APIError
+from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from service.metrics import Metrics
-from service.registry import Loaded
+from service.runtimes import Lane
 
 __all__ = ["Batcher"]
 
@@ -44,21 +49,21 @@ log = logging.getLogger("service.batching")
 @dataclass
 class _Item:
     x: np.ndarray  # (b, C, H, W) float32
+    task: Any  # what the lane runs it with (a packed task, an ONNX session)
+    model: str  # metric label of the request's model
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class _Queue:
-    loaded: Loaded
+    lane: Lane
     items: deque[_Item] = field(default_factory=deque)
     queued: int = 0  # items (not requests) waiting in this queue
 
 
-def _shutting_down() -> APIError:
-    return APIError(
-        503, "server.shutting_down", "the server is shutting down", {"Retry-After": "1"}
-    )
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down")
 
 
 class Batcher:
@@ -79,7 +84,7 @@ class Batcher:
         # Queues and counters are shared by the event loop (submit) and the inference
         # thread (drain); every access holds the condition's lock.
         self._cond = threading.Condition()
-        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._queues: dict[tuple[str, str], _Queue] = {}  # by lane key
         self._depth = 0
         self._draining = False  # a drain job is running (or submitted) on the executor
         self._last_batch = 0  # items in the previous batch of this drain job (0: none yet)
@@ -90,22 +95,19 @@ class Batcher:
     def depth(self) -> int:
         return self._depth
 
-    async def submit(self, loaded: Loaded, x: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Logits (b, K) of ``x`` (b, C, H, W) computed by ``loaded``."""
+    async def submit(
+        self, lane: Lane, task: Any, x: np.ndarray, timeout_s: float, model: str = ""
+    ) -> np.ndarray:
+        """Logits (b, K) of ``x`` (b, C, H, W) computed by ``lane`` with ``task``."""
         if self._closed:
             raise _shutting_down()
         if self._depth >= self.max_queue:
-            raise APIError(
-                503,
-                "server.overloaded",
-                f"request queue is full ({self.max_queue} waiting); retry shortly",
-                {"Retry-After": "1"},
-            )
-        item = _Item(x, asyncio.get_running_loop().create_future())
+            raise Overloaded(f"request queue is full ({self.max_queue} waiting); retry shortly")
+        item = _Item(x, task, model, asyncio.get_running_loop().create_future())
         with self._cond:
-            q = self._queues.get(loaded.key)
-            if q is None:  # (a queue that exists runs the same content and runtime)
-                q = self._queues[loaded.key] = _Queue(loaded)
+            q = self._queues.get(lane.key)
+            if q is None:
+                q = self._queues[lane.key] = _Queue(lane)
             q.items.append(item)
             q.queued += len(x)
             self._set_depth(+1)
@@ -124,10 +126,8 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
         except TimeoutError:
             item.future.cancel()  # skipped if its batch has not started
-            raise APIError(
-                504,
-                "request.timeout",
-                f"no result for model {loaded.ref.name!r} within {timeout_s * 1000:.0f} ms",
+            raise DeadlineExceeded(
+                f"no result for model {model!r} within {timeout_s * 1000:.0f} ms"
             ) from None
 
     def _set_depth(self, delta: int) -> None:
@@ -148,10 +148,8 @@ class Batcher:
                         return
                 try:
                     self._run(*picked)
-                except Exception as exc:  # a bug here (the runner's errors are delivered)
-                    log.exception(
-                        "batch of %s failed outside its runner", picked[0].loaded.ref.name
-                    )
+                except Exception as exc:  # a bug here (the lane's errors are delivered)
+                    log.exception("batch of %s failed outside its lane", picked[0].lane.label)
                     self._deliver(picked[1], exc)
                 self._free_since = time.perf_counter()
         except BaseException:
@@ -209,25 +207,27 @@ class Batcher:
         return batch
 
     def _run(self, q: _Queue, batch: list[_Item]) -> None:
-        name = q.loaded.ref.name
-        label = self._metrics.model_label(name)
+        lane = q.lane
         start = time.perf_counter()
         for item in batch:
-            self._metrics.queue_time.labels(label).observe(start - item.enqueued)
-        x = batch[0].x if len(batch) == 1 else np.concatenate([i.x for i in batch])
-        self._metrics.batch_size.labels(label).observe(len(x))
+            self._metrics.queue_time.labels(item.model).observe(start - item.enqueued)
+        self._metrics.batch_size.labels(lane.label).observe(sum(len(i.x) for i in batch))
         try:
-            logits = q.loaded.runner(x)
+            results: list[np.ndarray | Exception] = lane.run(
+                [i.x for i in batch], [i.task for i in batch]
+            )
         except Exception as exc:
-            log.exception("batch of %d for %s v%d failed", len(x), name, q.loaded.ref.version)
+            log.exception("batch of %d requests on %s failed", len(batch), lane.label)
             self._deliver(batch, exc)
             return
-        self._metrics.compute_time.labels(label, q.loaded.runtime).observe(
+        self._metrics.compute_time.labels(lane.label, lane.runtime).observe(
             time.perf_counter() - start
         )
-        self._deliver(batch, logits)
+        self._deliver(batch, results)
 
-    def _deliver(self, batch: list[_Item], result: np.ndarray | BaseException) -> None:
+    def _deliver(
+        self, batch: list[_Item], result: list[np.ndarray | Exception] | BaseException
+    ) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             batch[0].future.get_loop().call_soon_threadsafe(_resolve, batch, result)
 
@@ -246,14 +246,13 @@ class Batcher:
                 item.future.set_exception(_shutting_down())
 
 
-def _resolve(batch: list[_Item], result: np.ndarray | BaseException) -> None:
-    """Hand each request its rows of the batch's logits (on the event loop)."""
-    pos = 0
-    for item in batch:
-        n = len(item.x)
-        if not item.future.done():
-            if isinstance(result, BaseException):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result[pos : pos + n])
-        pos += n
+def _resolve(batch: list[_Item], result: list[np.ndarray | Exception] | BaseException) -> None:
+    """Hand each request its logits or its error (on the event loop)."""
+    for i, item in enumerate(batch):
+        if item.future.done():
+            continue
+        r = result if isinstance(result, BaseException) else result[i]
+        if isinstance(r, BaseException):
+            item.future.set_exception(r)
+        else:
+            item.future.set_result(r)

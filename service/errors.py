@@ -1,7 +1,11 @@
-"""API errors: every 4xx/5xx body is ``{"error": <one sentence>, "code": <stable code>}``.
+"""Errors: the domain errors raised below the routes, and the one place where they
+(and the library's typed errors) become HTTP answers.
 
-Expected failures raise ``APIError`` (or a typed library error mapped here);
-anything else is logged with its context and answered with a generic 500.
+Every 4xx/5xx body is ``{"error": <one sentence>, "code": <stable code>}``. The
+catalog, the caches, the batcher and the runtimes raise ``DomainError``
+subclasses, which know nothing of HTTP; ``_DOMAIN_STATUS`` maps them to a status.
+Routes raise ``APIError`` for what only HTTP knows (headers, bodies). Anything else
+is logged with its context and answered with a generic 500.
 """
 
 from __future__ import annotations
@@ -16,7 +20,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pemn.bundle import BundleError
 from pemn.store import InvalidBundle, InvalidName, NotFound, StoreError, TooLarge, Unavailable
 
-__all__ = ["APIError", "install_error_handlers"]
+__all__ = [
+    "APIError",
+    "BadInput",
+    "DeadlineExceeded",
+    "DomainError",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "ShuttingDown",
+    "TooManyItems",
+    "Unservable",
+    "install_error_handlers",
+]
 
 log = logging.getLogger("service")
 
@@ -26,6 +42,74 @@ _STORE_STATUS = {
     "store.unavailable": 503,
     "store.corrupt": 500,
 }
+
+
+class DomainError(Exception):
+    """An expected failure of the serving pipeline: a stable ``code`` and one sentence."""
+
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ModelNotFound(DomainError):
+    code = "model.not_found"
+
+
+class BadInput(DomainError):
+    """The request's inputs do not fit the model (shape, dtype, values, limits)."""
+
+    code = "request.bad_input"
+
+
+class TooManyItems(DomainError):
+    code = "request.too_many_items"
+
+
+class Unservable(DomainError):
+    """The stored bundle of a model cannot be built (e.g. its prototype digest does
+    not match its backbone); only the requests for that model fail."""
+
+    code = "model.unservable"
+
+
+class Overloaded(DomainError):
+    code = "server.overloaded"
+
+
+class NotReady(DomainError):
+    code = "server.not_ready"
+
+
+class ShuttingDown(DomainError):
+    code = "server.shutting_down"
+
+
+class DeadlineExceeded(DomainError):
+    code = "request.timeout"
+
+
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    ModelNotFound: 404,
+    BadInput: 422,
+    TooManyItems: 413,
+    Unservable: 422,
+    Overloaded: 503,
+    NotReady: 503,
+    ShuttingDown: 503,
+    DeadlineExceeded: 504,
+}
+
+
+def domain_status(exc: DomainError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _DOMAIN_STATUS:
+            return _DOMAIN_STATUS[cls]
+    return 500
 
 
 class APIError(Exception):
@@ -63,6 +147,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> JSONResponse:
         return _body(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        status = domain_status(exc)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return _body(status, exc.code, exc.message, headers)
 
     @app.exception_handler(BundleError)
     async def _bundle(request: Request, exc: BundleError) -> JSONResponse:

@@ -1,6 +1,13 @@
-"""One inference path for every endpoint: resolve the model, get its materialized
-task (loading it once if cold), validate the inputs, and run them through the
-batcher, all within the request's deadline; record metrics either way."""
+"""One inference pipeline for every endpoint, within the request's deadline:
+
+    resolve  the model's record in the catalog (404 before anything else)
+    validate the inputs against the record's input spec (nothing loaded yet)
+    get      the task from the residency tiers (packed; ONNX: its session)
+    submit   it to the batcher, which runs it in the lane of its backbone
+    format   (the route) the logits as the endpoint's response
+
+Metrics are recorded either way. Errors are domain errors (``service.errors``).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import APIError
-from service.registry import Loaded
+from service.catalog import ModelRecord
+from service.errors import DeadlineExceeded, DomainError, NotReady, domain_status
 from service.state import ServiceState
 
 __all__ = ["Result", "infer"]
@@ -20,7 +27,8 @@ __all__ = ["Result", "infer"]
 
 @dataclass
 class Result:
-    loaded: Loaded
+    record: ModelRecord
+    runtime: str
     logits: np.ndarray  # (b, K) float32
 
 
@@ -29,45 +37,39 @@ async def infer(
     endpoint: str,
     model: str,
     version: int | None,
-    decode: Callable[[Loaded], np.ndarray],
+    decode: Callable[[ModelRecord], np.ndarray],
     timeout_ms: float | None = None,
 ) -> Result:
-    """``decode(loaded)`` turns the request's inputs into (b, C, H, W) float32 for
-    the resolved task (it raises ``APIError`` on bad input)."""
+    """``decode(record)`` turns the request's inputs into (b, C, H, W) float32 for the
+    resolved model, checking them against its input spec (it raises ``BadInput``)."""
     start = time.perf_counter()
     timeout_s = (timeout_ms or svc.settings.request_timeout_ms) / 1000
     status = 500
-    label = svc.metrics.model_label(model) if model in svc.registry.names else "_unknown"
+    registry = svc.registry
+    label = svc.metrics.model_label(model) if model in registry.catalog else "_unknown"
     try:
         if not svc.ready:
-            raise APIError(
-                503,
-                "server.not_ready",
-                f"the server is not ready yet ({svc.status})",
-                {"Retry-After": "1"},
-            )
-        ref = await svc.registry.resolve(model, version)
+            raise NotReady(f"the server is not ready yet ({svc.status})")
+        record = await registry.resolve(model, version)
+        x = decode(record)
+        runtime = registry.runtime_for(record.name)
         try:
-            loaded = await asyncio.wait_for(svc.registry.get(ref), timeout_s)
+            task = await asyncio.wait_for(registry.task(record, runtime), timeout_s)
         except TimeoutError:
-            raise APIError(
-                504,
-                "request.timeout",
-                f"model {model!r} was still loading after {timeout_s * 1000:.0f} ms",
+            raise DeadlineExceeded(
+                f"model {model!r} was still loading after {timeout_s * 1000:.0f} ms"
             ) from None
-        x = decode(loaded)
         remaining = timeout_s - (time.perf_counter() - start)
         if remaining <= 0:
-            raise APIError(
-                504,
-                "request.timeout",
-                f"no result for model {model!r} within {timeout_s * 1000:.0f} ms",
+            raise DeadlineExceeded(
+                f"no result for model {model!r} within {timeout_s * 1000:.0f} ms"
             )
-        logits = await svc.batcher.submit(loaded, x, remaining)
+        lane = registry.lane(record, runtime)
+        logits = await svc.batcher.submit(lane, task, x, remaining, label)
         status = 200
-        return Result(loaded, logits)
-    except APIError as exc:
-        status = exc.status
+        return Result(record, runtime, logits)
+    except DomainError as exc:
+        status = domain_status(exc)
         raise
     finally:
         svc.metrics.requests.labels(label, endpoint, str(status)).inc()

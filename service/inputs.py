@@ -1,29 +1,37 @@
 """Decoding inference requests: the body (size-capped), its JSON (parsed and
 validated in one pass by pydantic-core), and the inputs (nested lists, base64
-``.npy`` and OIP tensors) into a validated (batch, C, H, W) float32 array."""
+``.npy`` and OIP tensors) into a validated (batch, C, H, W) float32 array for the
+model's input spec. Declared shapes are checked before anything is allocated."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import math
 from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.errors import APIError
+from service.catalog import ModelRecord
+from service.errors import APIError, BadInput
 
-__all__ = ["decode_npy_b64", "from_oip", "parse_json", "read_body", "to_batch", "top_k"]
+__all__ = [
+    "from_lists",
+    "from_npy_b64",
+    "from_oip",
+    "from_oip_binary",
+    "parse_json",
+    "read_body",
+    "top_k",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 _OIP_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
-
-
-def _bad(message: str) -> APIError:
-    return APIError(422, "request.bad_input", message)
+_NPY_MAX_HEADER = 10_000  # bytes of a .npy header (numpy's own default)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -58,68 +66,105 @@ def parse_json(model: type[M], data: bytes) -> M:
         raise APIError(422, "request.invalid", f"{where}: {err['msg']}") from None
 
 
-def decode_npy_b64(text: str) -> np.ndarray:
+def _nested_shape(value: Any, depth: int = 8) -> tuple[int, ...]:
+    """The shape nested lists claim along their first elements (cheap: no conversion)."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) < depth:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def from_lists(value: list[Any], record: ModelRecord, max_items: int) -> np.ndarray:
+    """Nested JSON lists as (batch, C, H, W) float32 for ``record``. The shape the
+    lists claim is checked before they are converted."""
+    record.check_shape(_nested_shape(value), max_items)
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise BadInput("inputs is ragged: every item must have the same shape") from None
+    if arr.dtype == object:
+        raise BadInput("inputs is ragged or holds values that are not numbers")
+    return record.check_inputs(arr, max_items, integers=True)
+
+
+def from_npy_b64(text: str, record: ModelRecord, max_items: int) -> np.ndarray:
+    """A base64 ``.npy`` file as (batch, C, H, W) float32 for ``record``: the header's
+    dtype and shape are checked, and the data length against them, before the array
+    is read."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad("inputs is a string but not valid base64 of a .npy file") from None
+        raise BadInput("inputs is a string but not valid base64 of a .npy file") from None
+    f = io.BytesIO(raw)
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise _bad(f"inputs is not a readable .npy array ({exc.__class__.__name__})") from None
-
-
-def to_batch(value: Any, shape: tuple[int, int, int], max_items: int, model: str) -> np.ndarray:
-    """(b, C, H, W) float32 from nested lists or an array; uint8 is scaled by 1/255."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except ValueError:
-            raise _bad("inputs is ragged: every item must have the same shape") from None
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif arr.dtype.kind == "f":
-        arr = arr.astype(np.float32, copy=False)
-    elif arr.dtype.kind in "iu" and not isinstance(value, np.ndarray):
-        arr = arr.astype(np.float32)  # JSON integers such as 0 and 1
-    else:
-        raise _bad(f"inputs has dtype {arr.dtype}; expected float (or uint8 pixels)")
-    if arr.ndim == 3:
-        arr = arr[None]
-    want = "(batch, " + ", ".join(map(str, shape)) + ")"
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape):
-        raise _bad(f"inputs has shape {tuple(arr.shape)} but model {model!r} takes {want}")
-    if arr.shape[0] == 0:
-        raise _bad("inputs holds no items")
-    if arr.shape[0] > max_items:
-        raise APIError(
-            413,
-            "request.too_many_items",
-            f"inputs holds {arr.shape[0]} items; the limit is {max_items}",
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(f, max_header_size=_NPY_MAX_HEADER)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise BadInput(f"inputs is not a readable .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "fiu":
+        raise BadInput(f"inputs has dtype {dtype}; expected float (or uint8 pixels)")
+    record.check_shape(tuple(shape), max_items)
+    expected = math.prod(shape) * dtype.itemsize
+    data = memoryview(raw)[f.tell() :]
+    if len(data) != expected:
+        raise BadInput(
+            f"inputs .npy holds {len(data)} data bytes but its header's shape "
+            f"{tuple(shape)} {dtype} needs {expected}"
         )
-    if not np.isfinite(arr).all():
-        raise _bad("inputs holds NaN or infinite values")
-    return np.ascontiguousarray(arr)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return record.check_inputs(arr, max_items)
 
 
-def from_oip(shape: list[int], datatype: str, data: list[Any]) -> np.ndarray:
-    """An OIP tensor (shape, datatype, flat or nested row-major data) as an array."""
+def from_oip(
+    shape: list[int], datatype: str, data: list[Any], record: ModelRecord, max_items: int
+) -> np.ndarray:
+    """An OIP tensor (shape, datatype, flat or nested row-major data) for ``record``;
+    the declared shape is checked before the data is converted."""
     dtype = _OIP_DTYPES.get(datatype)
     if dtype is None:
-        raise _bad(f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8)")
+        raise BadInput(
+            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8)"
+        )
     if any(d < 0 for d in shape):
-        raise _bad(f"input shape {shape} has a negative dimension")
+        raise BadInput(f"input shape {shape[:8]} has a negative dimension")
+    record.check_shape(tuple(shape), max_items)
     try:
         arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError):
-        raise _bad(f"input data is not a list of {datatype} numbers") from None
-    if arr.size != int(np.prod(shape)):
-        raise _bad(
-            f"input data holds {arr.size} values but shape {shape} needs {int(np.prod(shape))}"
+    except (ValueError, TypeError, OverflowError):
+        raise BadInput(f"input data is not a list of {datatype} numbers") from None
+    if arr.size != math.prod(shape):
+        raise BadInput(
+            f"input data holds {arr.size} values but shape {shape} needs {math.prod(shape)}"
         )
-    return arr.reshape(shape)
+    return record.check_inputs(arr.reshape(shape), max_items)
+
+
+def from_oip_binary(
+    shape: list[int], datatype: str, binary: bytes, record: ModelRecord, max_items: int
+) -> np.ndarray:
+    """An OIP tensor sent with the binary data extension (little-endian raw values)."""
+    dtype = _OIP_DTYPES.get(datatype)
+    if dtype is None:
+        raise BadInput(
+            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8)"
+        )
+    if any(d < 0 for d in shape):
+        raise BadInput(f"input shape {shape[:8]} has a negative dimension")
+    record.check_shape(tuple(shape), max_items)
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(binary) != expected:
+        raise BadInput(f"binary input of {len(binary)} bytes does not fit shape {shape} {datatype}")
+    arr = np.frombuffer(binary, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    return record.check_inputs(arr, max_items)
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,12 +48,16 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "pemn_batch_size", "Items per executed batch", ["model"], buckets=_BATCH, registry=r
+            "pemn_batch_size",
+            "Items per executed batch (a batch may mix tasks of one backbone)",
+            ["backbone"],
+            buckets=_BATCH,
+            registry=r,
         )
         self.compute_time = Histogram(
             "pemn_batch_compute_seconds",
             "Time to run one batch",
-            ["model", "runtime"],
+            ["backbone", "runtime"],
             buckets=_LATENCY,
             registry=r,
         )
@@ -68,7 +72,8 @@ class Metrics:
         )
         self.materialize_time = Histogram(
             "pemn_materialize_seconds",
-            "Time to materialize a task (includes backbone builds)",
+            "Time to load by kind: backbone (generate fixed weights), packed (fetch, "
+            "validate and pack a bundle), task (expand packed weights), onnx (a session)",
             ["kind"],
             buckets=_LATENCY,
             registry=r,

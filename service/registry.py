@@ -1,18 +1,18 @@
-"""The model registry: names known from the store, resident packed bundles, shared
-backbones, and the LRU cache of materialized tasks.
+"""The registry: the catalog of models kept in sync with the store, and the tiers of
+residency that serve it.
 
-- Names: the latest version of every name, refreshed from the store on start and
-  on every change notification (and updated at once after an upload here).
-- Packed bundles: the validated bundle of each latest version stays resident
-  (1 bit per weight), so a cache miss never waits on the store.
-- Backbones: one per fingerprint and device, built once (single-flight) and shared
-  by every task on it; dropped when no known model needs it any more.
-- ONNX graphs: exported once per backbone and re-weighted per task (see runtimes).
-- Tasks: materialized weights in an LRU cache bounded in bytes; loads are
-  single-flight per (content id, runtime) and run in a thread pool, so different
-  tasks load in parallel. Requests hold a reference to the task they resolved,
-  so an eviction or a re-upload never changes what an in-flight request runs on;
-  the memory is freed when the last such request finishes.
+- Catalog: a typed record of every name's latest version (``service.catalog``),
+  refreshed from the store on start and on every change notification.
+- Packed tier (``ByteLRU``, bytes-bounded): every task that has been asked for stays
+  resident as its packed masks and norm state (1 bit per weight, ``PackedTask``),
+  so a request never waits on the store twice. Loading a task fetches its bundle,
+  validates it, builds its backbone if needed and checks the prototype digest.
+- Backbones: one per fingerprint, built once (single-flight) in the load pool and
+  shared by every task on it, with its lane (the one network that runs any of its
+  tasks, ``service.runtimes``); dropped when no known model needs it any more.
+- Materialized tiers, bytes-bounded, may be zero: the torch lanes keep the hot
+  tasks' expanded weights (on the inference thread); the ONNX tier keeps one
+  session per hot task (exported once per backbone, re-weighted per task).
 """
 
 from __future__ import annotations
@@ -20,80 +20,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 
-from pemn.bundle import Bundle, read_bundle
-from pemn.materialize import Backbone, Task
+from pemn.bundle import Bundle, BundleError, inspect_bundle, read_bundle
+from pemn.materialize import Backbone, MixedMode, PackedTask
 from pemn.store import AsyncStore, NameInfo, NotFound, VersionInfo
-from service.errors import APIError
+from service.cache import ByteLRU
+from service.catalog import Catalog, ModelRecord
+from service.errors import ModelNotFound, Unservable
 from service.metrics import Metrics
-from service.runtimes import OnnxGraphs, Runner, make_runner
+from service.runtimes import Lane, OnnxGraphs, OnnxLane, OnnxRunner, TorchLane
 
-__all__ = ["Loaded", "ModelRef", "Registry"]
+__all__ = ["Registry"]
 
 log = logging.getLogger("service.registry")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a request resolved to: one immutable version of one name."""
-
-    name: str
-    version: int
-    content_id: str
-
-
-@dataclass
-class Loaded:
-    """A materialized task with its runtime, ready to run batches."""
-
-    ref: ModelRef
-    runtime: str
-    task: Task
-    runner: Runner
-    labels: list[str]
-    input_shape: tuple[int, int, int]
-    nbytes: int
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.ref.content_id, self.runtime)
-
-
-class _SingleFlight:
-    """Concurrent callers of ``run(key, fn)`` with the same key share one execution.
-
-    The work runs as its own task, so a caller that gives up (timeout, client gone)
-    never cancels a load other callers are waiting for."""
-
-    def __init__(self) -> None:
-        self._inflight: dict[Any, asyncio.Task[Any]] = {}
-
-    async def run(self, key: Any, fn: Callable[[], Awaitable[T]]) -> T:
-        task = self._inflight.get(key)
-        if task is None:
-
-            async def work() -> T:
-                try:
-                    return await fn()
-                finally:
-                    self._inflight.pop(key, None)
-
-            task = asyncio.ensure_future(work())
-            task.add_done_callback(
-                lambda t: t.cancelled() or t.exception()
-            )  # retrieved even if all callers left
-            self._inflight[key] = task
-        result: T = await asyncio.shield(task)
-        return result
+_OLD_RECORDS = 256  # records of explicitly requested older versions kept
 
 
 class Registry:
@@ -103,12 +49,14 @@ class Registry:
         *,
         device: torch.device,
         cache_bytes: int,
+        packed_bytes: int,
         default_runtime: str,
         runtime_overrides: dict[str, str],
         metrics: Metrics,
         load_executor: Executor,
         inference_threads: int | None = None,
         channels_last: bool = True,
+        mixed_mode: MixedMode | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -119,119 +67,123 @@ class Registry:
         self._pool = load_executor
         self._threads = inference_threads
         self.channels_last = channels_last
-        self.names: dict[str, NameInfo] = {}
-        self._bundles: dict[str, Bundle] = {}  # content id -> validated bundle (latest versions)
-        self._backbones: dict[str, Backbone] = {}  # fingerprint -> backbone on self.device
-        self._onnx = OnnxGraphs()  # one exported graph per backbone, re-weighted per task
-        self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
-        self._cache_used = 0
-        self._task_flight = _SingleFlight()
-        self._backbone_flight = _SingleFlight()
-        self._bundle_flight = _SingleFlight()
+        self.mixed_mode = mixed_mode
+        self.catalog = Catalog()
+        self._old: dict[tuple[str, int], ModelRecord] = {}
+        self.packed: ByteLRU[str, PackedTask] = ByteLRU("packed", packed_bytes, _packed_size)
+        self.backbones: ByteLRU[str, Backbone] = ByteLRU("backbones", 1 << 62, lambda b: b.nbytes)
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        self._onnx_graphs = OnnxGraphs()
+        self.onnx: ByteLRU[str, OnnxRunner] = ByteLRU("onnx", cache_bytes, lambda r: r.nbytes)
         self.synced_epoch: int | None = None
 
-    # ---- names -------------------------------------------------------------
+    # ---- the catalog --------------------------------------------------------
 
     async def sync(self) -> None:
         """Re-read every name's latest version from the store."""
         epoch = await self.store.epoch()
         listing = await self.store.list()
-        self.names = {info.name: info for info in listing}
+        self.catalog.replace_all(listing)
         self.synced_epoch = epoch
-        live = {info.content_id for info in listing}
-        for cid in [c for c in self._bundles if c not in live]:
-            del self._bundles[cid]
-        self._drop_unused_backbones()
+        live = {r.content_id for r in self.catalog.records()}
+        for cid in self.packed.cached_keys():
+            if cid not in live:
+                self.packed.discard(cid)
+        self._drop_unused()
         self.metrics.store_syncs.inc()
         self._publish_gauges()
 
-    def note_upload(self, info: NameInfo) -> None:
+    def note_upload(self, info: NameInfo) -> ModelRecord:
         """Serve an upload made through this server at once (the watcher confirms it)."""
-        old = self.names.get(info.name)
-        if old is None or info.version >= old.version:
-            self.names[info.name] = info
+        return self.catalog.upsert(info)
 
     def forget(self, name: str) -> None:
-        info = self.names.pop(name, None)
-        if info is not None:
-            self._bundles.pop(info.content_id, None)
-            self._drop_unused_backbones()
+        record = self.catalog.remove(name)
+        if record is not None:
+            self.packed.discard(record.content_id)
+            self.onnx.discard(record.content_id)
+            self._drop_unused()
             self._publish_gauges()
 
-    def resolve_latest(self, name: str) -> ModelRef:
-        info = self.names.get(name)
-        if info is None:
-            raise APIError(404, "model.not_found", f"model {name!r} not found")
-        return ModelRef(info.name, info.version, info.content_id)
+    def latest(self, name: str) -> ModelRecord:
+        return self.catalog.latest(name)
 
-    async def resolve(self, name: str, version: int | None) -> ModelRef:
-        if version is None:
-            return self.resolve_latest(name)
-        info = self.names.get(name)
-        if info is not None and info.version == version:
-            return ModelRef(name, version, info.content_id)
-        if info is None:
-            raise APIError(404, "model.not_found", f"model {name!r} not found")
+    async def resolve(self, name: str, version: int | None) -> ModelRecord:
+        """The record of ``name`` (latest, or ``version``). An older version's record
+        is read from its bundle (the catalog holds latest versions only)."""
+        latest = self.catalog.latest(name)
+        if version is None or version == latest.version:
+            return latest
+        hit = self._old.get((name, version))
+        if hit is not None:
+            return hit
         for v in await self.versions(name):
             if v.version == version:
-                return ModelRef(name, version, v.content_id)
-        raise APIError(
-            404, "model.version_not_found", f"version {version} of model {name!r} not found"
+                data = await self.store.get_by_id(v.content_id)
+                summary = await self._in_pool(inspect_bundle, data, verify=False)
+                info = NameInfo(name, v.version, v.content_id, v.size, v.created_at, summary, 1)
+                record = ModelRecord.from_info(info)
+                if len(self._old) >= _OLD_RECORDS:
+                    self._old.pop(next(iter(self._old)))
+                self._old[(name, version)] = record
+                return record
+        raise ModelNotFound(
+            f"version {version} of model {name!r} not found", "model.version_not_found"
         )
 
     async def versions(self, name: str) -> list[VersionInfo]:
         try:
             return await self.store.versions(name)
         except NotFound:
-            raise APIError(404, "model.not_found", f"model {name!r} not found") from None
-
-    # ---- loading -------------------------------------------------------------
+            raise ModelNotFound(f"model {name!r} not found") from None
 
     def runtime_for(self, name: str) -> str:
         return self.runtime_overrides.get(name, self.default_runtime)
 
-    def cached_by_name(self, name: str) -> list[Loaded]:
-        return [v for v in self._cache.values() if v.ref.name == name]
+    # ---- residency -------------------------------------------------------------
 
-    async def get(self, ref: ModelRef, runtime: str | None = None) -> Loaded:
-        """The materialized task of ``ref`` (cache hit, or one shared load)."""
-        runtime = runtime or self.runtime_for(ref.name)
-        key = (ref.content_id, runtime)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            self.metrics.cache_hits.labels(self.metrics.model_label(ref.name)).inc()
-            return hit
-        self.metrics.cache_misses.labels(self.metrics.model_label(ref.name)).inc()
-        return await self._task_flight.run(key, lambda: self._load(ref, runtime))
+    async def task(self, record: ModelRecord, runtime: str) -> PackedTask | OnnxRunner:
+        """What the batcher needs to run ``record`` on ``runtime``: its packed form
+        (torch: the lane materializes it), or its ONNX session."""
+        packed = await self.packed.get(record.content_id, lambda _: self._load_packed(record))
+        if runtime != "onnx":
+            return packed
+        return await self.onnx.get(record.content_id, lambda _: self._load_onnx(packed))
 
-    async def _bundle(self, ref: ModelRef) -> Bundle:
-        bundle = self._bundles.get(ref.content_id)
-        if bundle is not None:
-            return bundle
+    async def _load_packed(self, record: ModelRecord) -> PackedTask:
+        start = time.perf_counter()
+        data = await self.store.get_by_id(record.content_id)
+        try:
+            bundle = await self._in_pool(read_bundle, data, verify=False)
+            backbone = await self.backbone(bundle)
+            packed = await self._in_pool(backbone.pack, bundle)
+        except BundleError as exc:
+            log.error("model %s v%d cannot be served: %s", record.name, record.version, exc)
+            raise Unservable(
+                f"model {record.name!r} v{record.version} cannot be served: invalid bundle: {exc}",
+                exc.code,
+            ) from None
+        self.metrics.materialize_time.labels("packed").observe(time.perf_counter() - start)
+        return packed
 
-        async def fetch() -> Bundle:
-            data = await self.store.get_by_id(ref.content_id)
-            b = await self._in_pool(read_bundle, data, verify=False)
-            latest = self.names.get(ref.name)
-            if latest is not None and latest.content_id == ref.content_id:
-                self._bundles[ref.content_id] = b  # only latest versions stay resident
-            return b
+    async def _load_onnx(self, packed: PackedTask) -> OnnxRunner:
+        start = time.perf_counter()
+        backbone = self.backbones.peek(packed.fingerprint)
+        if backbone is None:
+            raise Unservable(f"the backbone of task {packed.content_id[:19]} is gone; retry")
+        runner = await self._in_pool(
+            OnnxRunner.build, backbone, packed, self._threads, self._onnx_graphs
+        )
+        self.metrics.materialize_time.labels("onnx").observe(time.perf_counter() - start)
+        return runner
 
-        return await self._bundle_flight.run(ref.content_id, fetch)
-
-    async def _backbone(self, bundle: Bundle) -> Backbone:
-        bb = self._backbones.get(bundle.fingerprint)
-        if bb is not None:
-            return bb
-
-        async def build() -> Backbone:
+    async def backbone(self, bundle: Bundle) -> Backbone:
+        async def build(_: str) -> Backbone:
             start = time.perf_counter()
             b = await self._in_pool(
                 Backbone.for_bundle, bundle, self.device, channels_last=self.channels_last
             )
             self.metrics.materialize_time.labels("backbone").observe(time.perf_counter() - start)
-            self._backbones[b.fingerprint] = b
             log.info(
                 "built backbone %s (%s, %.1f MB) on %s",
                 b.fingerprint[:19],
@@ -241,55 +193,43 @@ class Registry:
             )
             return b
 
-        return await self._backbone_flight.run(bundle.fingerprint, build)
+        return await self.backbones.get(bundle.fingerprint, build)
 
-    async def _load(self, ref: ModelRef, runtime: str) -> Loaded:
-        start = time.perf_counter()
-        bundle = await self._bundle(ref)
-        backbone = await self._backbone(bundle)
-        task = await self._in_pool(backbone.task, bundle)
-        runner = await self._in_pool(make_runner, task, runtime, self._threads, self._onnx)
-        m = bundle.manifest
-        loaded = Loaded(
-            ref,
-            runtime,
-            task,
-            runner,
-            list(m.labels),
-            m.input.shape,
-            task.nbytes + runner.nbytes,
-        )
-        self.metrics.materialize_time.labels("task").observe(time.perf_counter() - start)
-        self._insert(loaded)
-        return loaded
+    def lane(self, record: ModelRecord, runtime: str) -> Lane:
+        """The lane that batches ``record``'s requests with its backbone's other tasks
+        (its backbone is resident: ``task`` was awaited first)."""
+        key = (record.fingerprint, runtime)
+        lane = self._lanes.get(key)
+        if lane is None:
+            if runtime == "onnx":
+                lane = OnnxLane(key, record.arch)
+            else:
+                backbone = self.backbones.peek(record.fingerprint)
+                if backbone is None:
+                    raise Unservable(f"the backbone of model {record.name!r} is gone; retry")
+                lane = TorchLane(
+                    key,
+                    backbone,
+                    self.cache_bytes,
+                    self.mixed_mode,
+                    self.metrics.materialize_time.labels("task").observe,
+                )
+            self._lanes[key] = lane
+        return lane
 
-    def _insert(self, loaded: Loaded) -> None:
-        self._cache[loaded.key] = loaded
-        self._cache_used += loaded.nbytes
-        while self._cache_used > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_used -= old.nbytes
-            self.metrics.evictions.labels(str(self.device)).inc()
-            log.info("evicted %s v%d (%s)", old.ref.name, old.ref.version, old.runtime)
-        self._publish_gauges()
+    def _drop_unused(self) -> None:
+        needed = self.catalog.fingerprints() | {p.fingerprint for p in self._packed_values()}
+        for fp in self.backbones.cached_keys():
+            if fp not in needed:
+                self.backbones.discard(fp)
+        for key in [k for k in self._lanes if k[0] not in needed]:
+            del self._lanes[key]
+        self._onnx_graphs.drop_unused(needed)
 
-    def evict(self, content_id: str) -> int:
-        """Drop every cached runtime of ``content_id``; returns how many."""
-        keys = [k for k in self._cache if k[0] == content_id]
-        for k in keys:
-            self._cache_used -= self._cache.pop(k).nbytes
-        self._publish_gauges()
-        return len(keys)
-
-    def _drop_unused_backbones(self) -> None:
-        needed = (
-            {b.fingerprint for b in self._bundles.values()}
-            | {info.summary.get("fingerprint") for info in self.names.values()}
-            | {v.task.fingerprint for v in self._cache.values()}
-        )
-        for fp in [fp for fp in self._backbones if fp not in needed]:
-            del self._backbones[fp]
-        self._onnx.drop_unused({fp for fp in needed if fp})
+    def _packed_values(self) -> list[PackedTask]:
+        return [
+            v for v in (self.packed.peek(k) for k in self.packed.cached_keys()) if v is not None
+        ]
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -297,25 +237,55 @@ class Registry:
 
     # ---- introspection -------------------------------------------------------
 
+    def residency(self, content_id: str) -> dict[str, Any]:
+        """Where one task is resident: packed, and which materialized tiers."""
+        hot = [
+            {"runtime": key[1], "device": str(self.device), "bytes": lane.task_bytes}
+            for key, lane in self._lanes.items()
+            if lane.holds(content_id)
+        ]
+        if content_id in self.onnx:
+            runner = self.onnx.peek(content_id)
+            hot.append(
+                {
+                    "runtime": "onnx",
+                    "device": str(self.device),
+                    "bytes": runner.nbytes if runner else 0,
+                }
+            )
+        return {"packed": content_id in self.packed, "materialized": hot}
+
     def _publish_gauges(self) -> None:
+        s = self.stats()
         dev = str(self.device)
-        self.metrics.resident_tasks.labels(dev).set(len(self._cache))
-        self.metrics.resident_bytes.labels(dev, "task").set(self._cache_used)
-        self.metrics.resident_bytes.labels(dev, "backbone").set(
-            sum(b.nbytes for b in self._backbones.values())
-        )
-        self.metrics.resident_bytes.labels("cpu", "packed").set(
-            sum(b.size for b in self._bundles.values())
-        )
+        self.metrics.resident_tasks.labels(dev).set(s["tasks"])
+        self.metrics.resident_bytes.labels(dev, "task").set(s["task_bytes"])
+        self.metrics.resident_bytes.labels(dev, "backbone").set(s["backbone_bytes"])
+        self.metrics.resident_bytes.labels("cpu", "packed").set(s["packed_bytes"])
 
     def stats(self) -> dict[str, Any]:
+        lanes = [lane.stats() for lane in self._lanes.values()]
+        packed, onnx, backbones = self.packed.stats(), self.onnx.stats(), self.backbones.stats()
         return {
             "device": str(self.device),
-            "tasks": len(self._cache),
-            "task_bytes": self._cache_used,
+            "tasks": sum(s["items"] for s in lanes) + onnx.items,
+            "task_bytes": sum(s["bytes"] for s in lanes) + onnx.bytes,
             "cache_bytes": self.cache_bytes,
-            "backbones": len(self._backbones),
-            "backbone_bytes": sum(b.nbytes for b in self._backbones.values()),
-            "packed_bundles": len(self._bundles),
-            "packed_bytes": sum(b.size for b in self._bundles.values()),
+            "evictions": sum(s["evictions"] for s in lanes) + onnx.evictions + packed.evictions,
+            "backbones": backbones.items,
+            "backbone_bytes": backbones.bytes,
+            "packed_tasks": packed.items,
+            "packed_bytes": packed.bytes,
+            "packed_capacity": packed.capacity,
+            "packed_evictions": packed.evictions,
+            "lanes": {f"{k[0][:19]}/{k[1]}": lane.stats() for k, lane in self._lanes.items()},
         }
+
+
+def _packed_size(p: PackedTask) -> int:
+    return p.nbytes + _PACKED_OVERHEAD
+
+
+# Python objects of one PackedTask besides its arrays (measured with tracemalloc in
+# bench/bench_memory.py): counted so the packed budget is honest for tiny bundles.
+_PACKED_OVERHEAD = 1024

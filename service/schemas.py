@@ -55,8 +55,12 @@ class ModelPublic(BaseModel):
     labels: list[str]
     metrics: dict[str, Any]
     versions: list[VersionPublic] | None = None
+    packed: bool = Field(
+        False, description="its packed masks and norm state are resident on this server"
+    )
     loaded: list[dict[str, Any]] = Field(
-        default_factory=list, description="materialized runtimes and their device"
+        default_factory=list,
+        description="materialized tiers holding it: runtime, device and bytes",
     )
 
 

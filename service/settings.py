@@ -37,7 +37,21 @@ class Settings(BaseSettings):
         32 * 2**20, ge=1024, description="largest accepted predict/infer body"
     )
     cache_bytes: int = Field(
-        1 << 30, ge=0, description="budget of materialized task weights per device"
+        1 << 30,
+        ge=0,
+        description="budget of materialized task weights per device and runtime (the hot "
+        "tier; 0: every batch expands its tasks from their packed form)",
+    )
+    packed_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="budget of resident packed tasks (masks and norm state, about 1/30 of "
+        "a dense copy each); beyond it the least recently used are fetched again",
+    )
+    mixed_batches: Literal["per_sample", "per_task"] | None = Field(
+        None,
+        description="how a batch that mixes tasks of one backbone runs: one pass with "
+        "per-sample weights, or one forward per task (default: per the device)",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     runtime: Literal["torch", "onnx"] = Field(

@@ -37,6 +37,8 @@ class ServiceState:
             self.store,
             device=self.device,
             cache_bytes=settings.cache_bytes,
+            packed_bytes=settings.packed_bytes,
+            mixed_mode=settings.mixed_batches,
             default_runtime=settings.runtime,
             runtime_overrides=dict(settings.runtime_overrides),
             metrics=self.metrics,
@@ -87,7 +89,10 @@ class ServiceState:
         self.ready = True
         self.status = "ready"
         log.info(
-            "ready on %s: %d models from %s", self.device, len(self.registry.names), self.store.url
+            "ready on %s: %d models from %s",
+            self.device,
+            len(self.registry.catalog),
+            self.store.url,
         )
 
     async def _upload_dir(self) -> None:
@@ -112,13 +117,14 @@ class ServiceState:
 
     async def _preload(self) -> None:
         wanted = self.settings.preload
-        names = sorted(self.registry.names) if "*" in wanted else wanted
+        names = self.registry.catalog.names() if "*" in wanted else wanted
         for name in names:
-            if name not in self.registry.names:
+            if name not in self.registry.catalog:
                 log.warning("preload: model %r is not in the store", name)
                 continue
+            record = self.registry.latest(name)
             try:
-                await self.registry.get(self.registry.resolve_latest(name))
+                await self.registry.task(record, self.registry.runtime_for(name))
             except Exception:
                 log.exception("preload of %r failed", name)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from pathlib import PurePosixPath
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from pemn.store import NameInfo
+from service.catalog import ModelRecord
 from service.deps import AdminDep, ServiceDep
 from service.errors import APIError
 from service.registry import Registry
@@ -23,40 +22,32 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 def model_public(
-    info: NameInfo,
+    record: ModelRecord,
     registry: Registry,
     created: bool | None = None,
     versions: list[VersionPublic] | None = None,
 ) -> ModelPublic:
-    s: dict[str, Any] = info.summary
-    loaded = [
-        {
-            "version": v.ref.version,
-            "runtime": v.runtime,
-            "device": str(v.task.device),
-            "bytes": v.nbytes,
-        }
-        for v in registry.cached_by_name(info.name)
-    ]
+    where = registry.residency(record.content_id)
     return ModelPublic(
-        name=info.name,
-        version=info.version,
-        content_id=info.content_id,
+        name=record.name,
+        version=record.version,
+        content_id=record.content_id,
         created=created,
-        architecture=s["arch"],
-        config=s["config"],
-        strategy=s["strategy"],
-        ratio=s.get("ratio"),
-        seed=s["seed"],
-        backbone=s["fingerprint"],
-        file_size=s["file_size"],
-        dense_fp32_size=s["dense_fp32_size"],
-        size_ratio=s["size_ratio"],
-        input_shape=list(s["input"]["shape"]),
-        labels=list(s["labels"]),
-        metrics=dict(s.get("metrics", {})),
+        architecture=record.arch,
+        config=record.config,
+        strategy=record.strategy,
+        ratio=record.ratio,
+        seed=record.seed,
+        backbone=record.fingerprint,
+        file_size=record.file_size,
+        dense_fp32_size=record.dense_fp32_size,
+        size_ratio=record.size_ratio,
+        input_shape=list(record.input.shape),
+        labels=list(record.labels),
+        metrics=dict(record.metrics),
         versions=versions,
-        loaded=loaded,
+        packed=where["packed"],
+        loaded=[{"version": record.version, **m} for m in where["materialized"]],
     )
 
 
@@ -165,15 +156,15 @@ async def upload_model(request: Request, svc: ServiceDep) -> Response:
         svc.metrics.uploads.labels("rejected").inc()
         raise
     info = await svc.store.info(name)
-    svc.registry.note_upload(info)
+    record = svc.registry.note_upload(info)
     svc.metrics.uploads.labels("created" if result.created else "unchanged").inc()
-    public = model_public(info, svc.registry, created=result.created)
+    public = model_public(record, svc.registry, created=result.created)
     return JSONResponse(public.model_dump(mode="json"), status_code=201 if result.created else 200)
 
 
 @router.get("", response_model=ModelsPublic, summary="List models")
 async def list_models(svc: ServiceDep) -> ModelsPublic:
-    data = [model_public(info, svc.registry) for _, info in sorted(svc.registry.names.items())]
+    data = [model_public(r, svc.registry) for r in svc.registry.catalog.records()]
     return ModelsPublic(data=data, count=len(data))
 
 
@@ -183,14 +174,14 @@ async def list_models(svc: ServiceDep) -> ModelsPublic:
     summary="Describe a model, its versions and where it is loaded",
 )
 async def get_model(name: str, svc: ServiceDep) -> ModelPublic:
-    ref = svc.registry.resolve_latest(name)
+    record = svc.registry.latest(name)
     versions = [
         VersionPublic(
             version=v.version, content_id=v.content_id, size=v.size, created_at=v.created_at
         )
         for v in await svc.registry.versions(name)
     ]
-    return model_public(svc.registry.names[ref.name], svc.registry, versions=versions)
+    return model_public(record, svc.registry, versions=versions)
 
 
 @router.delete(
@@ -205,8 +196,5 @@ async def get_model(name: str, svc: ServiceDep) -> ModelPublic:
 )
 async def delete_model(name: str, svc: ServiceDep) -> Response:
     await svc.store.delete(name)
-    info = svc.registry.names.get(name)
     svc.registry.forget(name)
-    if info is not None:
-        svc.registry.evict(info.content_id)
     return Response(status_code=204)

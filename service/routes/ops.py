@@ -21,7 +21,7 @@ async def index(svc: ServiceDep) -> dict[str, Any]:
         "service": "pemn-serve",
         "version": __version__,
         "ready": svc.ready,
-        "models": len(svc.registry.names),
+        "models": len(svc.registry.catalog),
         "docs": "/docs",
         "endpoints": ["/models", "/predict", "/v2", "/v2/health/ready", "/metrics", "/status"],
     }

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from service.catalog import ModelRecord
 from service.deps import ServiceDep
 from service.errors import APIError
 from service.inference import infer
-from service.inputs import decode_npy_b64, parse_json, read_body, to_batch, top_k
-from service.registry import Loaded
+from service.inputs import from_lists, from_npy_b64, parse_json, read_body, top_k
 from service.schemas import ClassScore, PredictItem, PredictRequest, PredictResponse
 
 __all__ = ["router"]
@@ -55,13 +55,15 @@ async def predict(request: Request, svc: ServiceDep) -> Response:
             "request.bad_top_k",
             f"top_k {req.top_k} exceeds the limit of {svc.settings.max_top_k}",
         )
-    raw = decode_npy_b64(req.inputs) if isinstance(req.inputs, str) else req.inputs
+    max_items = svc.settings.max_items_per_request
 
-    def decode(loaded: Loaded) -> np.ndarray:
-        return to_batch(raw, loaded.input_shape, svc.settings.max_items_per_request, req.model)
+    def decode(record: ModelRecord) -> np.ndarray:
+        if isinstance(req.inputs, str):
+            return from_npy_b64(req.inputs, record, max_items)
+        return from_lists(req.inputs, record, max_items)
 
     result = await infer(svc, "predict", req.model, req.version, decode, req.timeout_ms)
-    labels = result.loaded.labels
+    labels = result.record.labels
     idx, prob = top_k(result.logits, req.top_k)
     outputs = [
         PredictItem(
@@ -73,12 +75,12 @@ async def predict(request: Request, svc: ServiceDep) -> Response:
         )
         for ri, rp, row in zip(idx, prob, result.logits, strict=True)
     ]
-    ref = result.loaded.ref
+    record = result.record
     response = PredictResponse(
-        model=ref.name,
-        version=ref.version,
-        content_id=ref.content_id,
-        runtime=result.loaded.runtime,
+        model=record.name,
+        version=record.version,
+        content_id=record.content_id,
+        runtime=result.runtime,
         outputs=outputs,
     )
     # Serialized here: returning the model would have FastAPI validate it once more.

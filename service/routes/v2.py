@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import __version__
+from service.catalog import ModelRecord
 from service.deps import ServiceDep
-from service.errors import APIError
+from service.errors import APIError, BadInput
 from service.inference import infer
-from service.inputs import from_oip, parse_json, read_body, to_batch, top_k
-from service.registry import Loaded
+from service.inputs import from_oip, from_oip_binary, parse_json, read_body, top_k
 from service.schemas import (
     InferInput,
     InferOutput,
@@ -46,42 +46,41 @@ async def ready(svc: ServiceDep) -> Response:
     return JSONResponse(body, status_code=200 if svc.ready else 503)
 
 
-def _metadata(svc: Any, name: str, versions: list[int]) -> dict[str, Any]:
-    s = svc.registry.names[name].summary
-    c, h, w = s["input"]["shape"]
-    k = len(s["labels"])
+def _metadata(svc: Any, record: ModelRecord, versions: list[int]) -> dict[str, Any]:
+    c, h, w = record.input.shape
+    k = len(record.labels)
     return {
-        "name": name,
+        "name": record.name,
         "versions": [str(v) for v in versions],
-        "platform": f"pemn_{svc.registry.runtime_for(name)}",
+        "platform": f"pemn_{svc.registry.runtime_for(record.name)}",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, k]} for o in _OUTPUTS],
         "parameters": {
-            "labels": s["labels"],
-            "backbone": s["fingerprint"],
-            "architecture": s["arch"],
+            "labels": list(record.labels),
+            "backbone": record.fingerprint,
+            "architecture": record.arch,
         },
     }
 
 
 @router.get("/models/{name}", summary="Model metadata")
 async def model_metadata(name: str, svc: ServiceDep) -> dict[str, Any]:
-    svc.registry.resolve_latest(name)
+    record = svc.registry.latest(name)
     versions = [v.version for v in await svc.registry.versions(name)]
-    return _metadata(svc, name, versions)
+    return _metadata(svc, record, versions)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
 async def model_version_metadata(name: str, version: int, svc: ServiceDep) -> dict[str, Any]:
-    ref = await svc.registry.resolve(name, version)
-    return _metadata(svc, name, [ref.version])
+    record = await svc.registry.resolve(name, version)
+    return _metadata(svc, record, [record.version])
 
 
 async def _ready(name: str, version: int | None, svc: Any) -> Response:
-    ref = await svc.registry.resolve(name, version)
+    record = await svc.registry.resolve(name, version)
     ok = svc.ready
     return JSONResponse(
-        {"name": name, "version": str(ref.version), "ready": ok}, status_code=200 if ok else 503
+        {"name": name, "version": str(record.version), "ready": ok}, status_code=200 if ok else 503
     )
 
 
@@ -96,7 +95,6 @@ async def model_version_ready(name: str, version: int, svc: ServiceDep) -> Respo
 
 
 _BINARY_HEADER = "inference-header-content-length"
-_NP = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
 
 
 async def _read_request(request: Request, limit: int) -> tuple[InferRequest, bytes]:
@@ -117,29 +115,15 @@ async def _read_request(request: Request, limit: int) -> tuple[InferRequest, byt
     return parse_json(InferRequest, head), binary
 
 
-def _input_array(tensor: InferInput, binary: bytes) -> np.ndarray:
+def _input_array(
+    tensor: InferInput, binary: bytes, record: ModelRecord, max_items: int
+) -> np.ndarray:
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is None:
-        return from_oip(tensor.shape, tensor.datatype, tensor.data or [])
-    dtype = _NP.get(tensor.datatype)
-    if dtype is None:
-        raise APIError(
-            422, "request.bad_input", f"input datatype {tensor.datatype} is not supported"
-        )
-    if not isinstance(size, int) or size != len(binary):
-        raise APIError(
-            422,
-            "request.bad_input",
-            f"binary_data_size {size} does not match the {len(binary)} bytes sent",
-        )
-    expected = int(np.prod(tensor.shape)) * np.dtype(dtype).itemsize
-    if size != expected:
-        raise APIError(
-            422,
-            "request.bad_input",
-            f"binary input of {size} bytes does not fit shape {tensor.shape} {tensor.datatype}",
-        )
-    return np.frombuffer(binary, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tensor.shape)
+        return from_oip(tensor.shape, tensor.datatype, tensor.data or [], record, max_items)
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise BadInput(f"binary_data_size {size!r} does not match the {len(binary)} bytes sent")
+    return from_oip_binary(tensor.shape, tensor.datatype, binary, record, max_items)
 
 
 async def _infer(name: str, version: int | None, request: Request, svc: Any) -> Response:
@@ -161,10 +145,10 @@ async def _infer(name: str, version: int | None, request: Request, svc: Any) -> 
                 "request.bad_output",
                 f"unknown output {o.name!r}; model {name!r} gives {', '.join(_OUTPUTS)}",
             )
-    arr = _input_array(tensor, binary)
+    max_items = svc.settings.max_items_per_request
 
-    def decode(loaded: Loaded) -> np.ndarray:
-        return to_batch(arr, loaded.input_shape, svc.settings.max_items_per_request, name)
+    def decode(record: ModelRecord) -> np.ndarray:
+        return _input_array(tensor, binary, record, max_items)
 
     result = await infer(svc, "v2_infer", name, version, decode)
     logits = result.logits
@@ -193,9 +177,9 @@ async def _infer(name: str, version: int | None, request: Request, svc: Any) -> 
                     data=values.reshape(-1).tolist(),
                 )
             )
-    ref = result.loaded.ref
+    record = result.record
     body = InferResponse(
-        model_name=ref.name, model_version=str(ref.version), id=req.id, outputs=outputs
+        model_name=record.name, model_version=str(record.version), id=req.id, outputs=outputs
     )
     text = body.model_dump_json(exclude_none=True).encode()
     if not chunks:

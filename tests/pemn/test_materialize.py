@@ -42,28 +42,61 @@ def test_embedded_prototype_is_used_only_when_trusted() -> None:
     assert np.array_equal(weight.reshape(-1), 0.5 * mask.astype(np.float32))
 
 
-# ------------------------------------------------------------- caches and sharing
+# ------------------------------------------------------------- tiers and sharing
 
 
-def test_mp_layers_share_one_vector_and_the_backbone_counts_it_once() -> None:
+def test_packed_task_and_weights_are_compact_and_share_the_backbone() -> None:
     import torch
 
     from pemn.prototype import Strategy, generate
     from tests.pemn.bundles import make_bundle
 
     bundle = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}, Strategy("mp")))
-    fixed = generate(bundle.layout.layers, bundle.strategy)
-    storages = {w.untyped_storage().data_ptr() for w in fixed.values()}
-    assert len(storages) == 1
-    m = max(s.numel for s in bundle.layout.layers)
     backbone = Backbone.for_bundle(bundle)
-    assert backbone.nbytes == 4 * m < 4 * bundle.stats.n
-    assert len({w.untyped_storage().data_ptr() for w in backbone.fixed.values()}) == 1
+    fixed = generate(bundle.layout.layers, bundle.strategy)
     for name, w in fixed.items():
         assert torch.equal(backbone.fixed[name], w)
+    n = bundle.stats.n
+    assert (
+        backbone.nbytes == 4 * 8 * backbone.mask_bytes
+        and n <= 8 * backbone.mask_bytes < n + 8 * len(fixed)
+    )
+    packed = backbone.pack(bundle)
+    state = sum(e.numel for e in bundle.layout.trained)
+    assert packed.masks.nbytes == backbone.mask_bytes == bundle.masks.nbytes
+    assert packed.nbytes == backbone.mask_bytes + 4 * (state + 2 * 3)  # masks, norms, mean+std
+    weights = backbone.materialize(packed)
+    assert weights.nbytes == backbone.task_nbytes
+    # every maskable weight is fixed * mask, in the shared flat layout
+    masks = bundle.layer_masks()
+    for s, view in zip(backbone.layout.layers, weights.views, strict=False):
+        bits = np.unpackbits(masks[s.name], bitorder="little")[: s.numel].reshape(s.shape)
+        np.testing.assert_array_equal(view.numpy(), fixed[s.name].numpy() * bits)
+    # materializing into given buffers writes there and nowhere else
+    out = torch.full((backbone.size,), float("nan"))
+    again = backbone.materialize(packed, out)
+    assert again.flat is out and torch.equal(out, weights.flat)
 
 
-def test_task_modules_are_independent_of_each_other_and_of_the_template() -> None:
+def test_a_task_of_another_backbone_is_refused_before_any_work() -> None:
+    import dataclasses
+
+    from tests.pemn.bundles import make_bundle
+
+    a = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}))
+    b = read_bundle(make_bundle("convmixer", {"width": 8, "depth": 2}))
+    backbone = Backbone.for_bundle(a)
+    with pytest.raises(Exception, match="bundle needs backbone"):
+        backbone.pack(b)
+    other = Backbone.for_bundle(b).pack(b)
+    with pytest.raises(ValueError, match="is not for"):
+        backbone.materialize(other)
+    short = dataclasses.replace(backbone.pack(a), masks=np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="layout"):
+        backbone.materialize(short)
+
+
+def test_standalone_modules_are_independent_of_each_other_and_of_the_backbone() -> None:
     import torch
 
     bundle = read_bundle(tiny())
@@ -81,6 +114,10 @@ def test_task_modules_are_independent_of_each_other_and_of_the_template() -> Non
     c = backbone.task(bundle).module
     assert not c.net.head._forward_hooks and c.net.head.weight.abs().sum() > 0
     assert c.net.norms[0].eps == 0.0 and c.net.norms[0].running_var.tolist() == [1.0] * 3
+    # and the backbone's own network still runs the task
+    packed = backbone.pack(bundle)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone.forward(x, backbone.materialize(packed)), c(x))
 
 
 def test_bit_table_unpacks_like_numpy() -> None:
@@ -133,20 +170,14 @@ def test_channels_last_backbone_runs_channels_last_and_agrees_with_nchw(arch, co
     from tests.pemn.bundles import make_bundle
 
     b = read_bundle(make_bundle(arch, config, Strategy("mp", seed=0)))
-    nchw = Backbone.for_bundle(b).task(b).module
-    fast = Backbone.for_bundle(b, channels_last=True).task(b).module
-    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
-    exact_cl = [
-        torch.empty(m.weight.shape, memory_format=torch.channels_last).stride() for m in convs
-    ]
-    assert [m.weight.stride() for m in convs] == exact_cl
-    assert all(m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.Conv2d))
+    nchw, fast = Backbone.for_bundle(b), Backbone.for_bundle(b, channels_last=True)
     outs: list[torch.Tensor] = []
-    for m in convs:
-        m.register_forward_hook(lambda _m, _i, out: outs.append(out))
+    for m in fast._net.modules():
+        if type(m).__name__ == "_Conv2d":
+            m.register_forward_hook(lambda _m, _i, out: outs.append(out))
     x = torch.rand(4, *b.manifest.input.shape, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        want, got = nchw(x), fast(x)
+    want = nchw.forward(x, nchw.materialize(nchw.pack(b)))
+    got = fast.forward(x, fast.materialize(fast.pack(b)))
     assert outs and all(
         o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous() for o in outs
     )

@@ -180,13 +180,12 @@ def test_request_errors(server):
         422,
         "request.bad_input",
     )
+    ragged = [[[[0.0] * 28] * 28], [[[0.0] * 28] * 27]]  # the first item has the right shape
     assert "ragged" in _err(
-        c.post("/predict", json={"model": "api-bad", "inputs": [[1.0], [1.0, 2.0]]}),
-        422,
-        "request.bad_input",
+        c.post("/predict", json={"model": "api-bad", "inputs": ragged}), 422, "request.bad_input"
     )
     assert "dtype" in _err(
-        c.post("/predict", json={"model": "api-bad", "inputs": [["a"] * 28] * 28}),
+        c.post("/predict", json={"model": "api-bad", "inputs": [[["a"] * 28] * 28]}),
         422,
         "request.bad_input",
     )
