@@ -1,225 +1,207 @@
 """Batching on CPU, in-process (no HTTP): what one forward costs per item as the
-batch grows, for the torch and ONNX runners, and whether batching *across* tasks
-that share a backbone (``torch.func.functional_call`` + ``torch.vmap`` over the
-tasks' stacked weights, i.e. grouped convolutions) beats running each task's item
-on its own. This explains the serving and task-swapping results.
+batch grows (one task; torch channels-last as the service runs it, torch NCHW,
+ONNX Runtime), and what a batch that mixes tasks of one backbone costs against a
+batch of one task, for every architecture: one pass with per-sample weights
+(hot weights gathered, or expanded from the packed form into the batch), and one
+forward per task back to back.
 
-Every variant runs interleaved with the others, ``--repeats`` times; medians.
+Every variant runs interleaved with the others; each row's ratio is the median of
+the per-repeat ratios to the one-task batch of the same repeat (robust to a noisy
+machine), times are medians.
 
-Run: python bench/bench_batching.py [--threads 1] [--tasks 16]
+Run: python bench/bench_batching.py [--threads 1] [--repeats 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 
 from bench._report import table, write_section
 from bench._serving import MODEL, images, load_average, task_bundle
 from pemn.bundle import read_bundle
-from pemn.materialize import Backbone
-from service.runtimes import OnnxGraphs, OnnxRunner, TorchRunner
+from pemn.materialize import Backbone, PackedTask
+from pemn.prototype import Strategy
+from service.runtimes import OnnxGraphs, OnnxRunner, default_mixed_mode
+from tests.pemn.bundles import make_bundle
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ConvMixer-128/4 (1x28x28, patch 2)": (
+        "convmixer",
+        {"in_channels": 1, "image_size": 28, "width": 128, "depth": 4, "patch": 2},
+    ),
+    "ConvMixer-256/8 (3x32x32, patch 2)": ("convmixer", {"width": 256, "depth": 8, "patch": 2}),
+    "ResNet-56 (3x32x32)": ("resnet56", {}),
+    "ViT-256/6 (3x32x32, patch 4)": ("vit", {"width": 256, "depth": 6}),
+    "MLP 784-256-256 (1x28x28)": ("mlp", {"in_channels": 1, "image_size": 28}),
+}
 
 
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
+def _timed(
+    fns: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms of each function and median ratio to the first one, interleaved."""
     for _ in range(2):
         for fn in fns.values():
             fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    ratios: dict[str, list[float]] = {k: [] for k in fns}
+    base = next(iter(fns))
     for _ in range(repeats):
+        t: dict[str, float] = {}
         for k, fn in fns.items():
-            t = time.perf_counter()
+            start = time.perf_counter()
             fn()
-            times[k].append((time.perf_counter() - t) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+            t[k] = (time.perf_counter() - start) * 1000
+        for k in fns:
+            times[k].append(t[k])
+            ratios[k].append(t[k] / t[base])
+    return (
+        {k: statistics.median(v) for k, v in times.items()},
+        {k: statistics.median(v) for k, v in ratios.items()},
+    )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tasks", type=int, default=16, help="tasks batched together (vmap)")
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--no-write", action="store_true", help="print only")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    loads = [load_average()]
-    bundles = [read_bundle(task_bundle(i), verify=False) for i in range(args.tasks)]
-    backbone = Backbone.for_bundle(bundles[0], channels_last=True)  # as the service does
-    tasks = [backbone.task(b) for b in bundles]
-    nchw_runner = TorchRunner(Backbone.for_bundle(bundles[0]).task(bundles[0]))
-    graphs = OnnxGraphs()
-    torch_runners = [TorchRunner(t) for t in tasks]
-    onnx_runner = OnnxRunner(tasks[0], args.threads, graphs)
+def _distinct(packed: PackedTask, n: int) -> list[PackedTask]:
+    """``n`` distinct tasks of ``packed``'s backbone (random masks; compute does not
+    depend on the mask contents)."""
+    rng = np.random.default_rng(0)
+    return [
+        dataclasses.replace(
+            packed,
+            content_id=f"sha256:{i:064x}",
+            masks=rng.integers(0, 256, packed.masks.shape, dtype=np.uint8),
+        )
+        for i in range(n)
+    ]
+
+
+def per_item_sweep(repeats: int, threads: int) -> list[list[str]]:
+    bundle = read_bundle(task_bundle(0))
+    fast = Backbone.for_bundle(bundle, channels_last=True)  # as the service runs it
+    nchw = Backbone.for_bundle(bundle)
+    wf, wn = fast.materialize(fast.pack(bundle)), nchw.materialize(nchw.pack(bundle))
+    onnx = OnnxRunner.build(fast, fast.pack(bundle), threads, OnnxGraphs())
     x = images(max(SIZES))
-
-    # 1. cost per item vs batch size, one task
-    sweep = []
-    per_item: dict[str, dict[int, float]] = {"torch": {}, "onnx": {}, "nchw": {}}
+    rows = []
     for n in SIZES:
         xb = np.ascontiguousarray(x[:n])
-        reps = max(12, args.repeats * 8 // n)
-        ms = _median_ms(
+        xt = torch.from_numpy(xb)
+        ms, _ = _timed(
             {
-                "torch": lambda xb=xb: torch_runners[0](xb),
-                "nchw": lambda xb=xb: nchw_runner(xb),
-                "onnx": lambda xb=xb: onnx_runner(xb),
+                "torch": lambda xt=xt: fast.forward(xt, wf),
+                "nchw": lambda xt=xt: nchw.forward(xt, wn),
+                "onnx": lambda xb=xb: onnx(xb),
             },
-            reps,
+            max(12, repeats * 8 // n),
         )
-        per_item["torch"][n] = ms["torch"] / n
-        per_item["onnx"][n] = ms["onnx"] / n
-        per_item["nchw"][n] = ms["nchw"] / n
-        sweep.append(
+        rows.append(
             [
                 n,
                 f"{ms['nchw']:.2f}",
                 f"{ms['torch']:.2f}",
                 f"{ms['nchw'] / ms['torch']:.2f}x",
-                f"{ms['torch'] / n:.2f}",
+                f"{ms['torch'] / n:.3f}",
                 f"{ms['onnx']:.2f}",
-                f"{ms['onnx'] / n:.2f}",
+                f"{ms['onnx'] / n:.3f}",
             ]
         )
-        print(sweep[-1], flush=True)
+        print(rows[-1], flush=True)
+    return rows
 
-    # 2. one item for each of T tasks: one batch of T (as if one task), T batches of
-    #    one, and one vmap over the T tasks' stacked weights
-    t_ = args.tasks
-    modules = [t.module for t in tasks]
-    params, buffers = stack_module_state(modules)  # type: ignore[arg-type]
-    template = modules[0]
 
-    def one(
-        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor
-    ) -> torch.Tensor:
-        return functional_call(template, (p, b), (xi,))
-
-    batched = vmap(one)
-    xt = torch.from_numpy(np.ascontiguousarray(x[:t_]))
-    xs = [np.ascontiguousarray(x[i : i + 1]) for i in range(t_)]
-    with torch.inference_mode():
-        got = batched(params, buffers, xt[:, None]).squeeze(1)
-        ref = torch.cat([modules[i](xt[i : i + 1]) for i in range(t_)])
-        exact = float((got - ref).abs().max())
-        cross = _median_ms(
-            {
-                "one": lambda: torch_runners[0](np.ascontiguousarray(x[:t_])),
-                "seq": lambda: [torch_runners[i](xs[i]) for i in range(t_)],
-                "vmap": lambda: batched(params, buffers, xt[:, None]),
-                "vmap+stack": lambda: batched(*stack_module_state(modules), xt[:, None]),
-            },
-            args.repeats,
-        )
-        # the same comparison for other mixes: T tasks with n items each
-        mixes = []
-        for tn, n in ((2, 1), (4, 1), (8, 1), (4, 4), (2, 16), (4, 16)):
-            ms_, xm = modules[:tn], torch.from_numpy(np.ascontiguousarray(x[: tn * n]))
-            xm = xm.view(tn, n, *xm.shape[1:])
-            parts = [np.ascontiguousarray(xm[i].numpy()) for i in range(tn)]
-            got = vmap(one)(*stack_module_state(ms_), xm)
-            ref = torch.stack([ms_[i](xm[i]) for i in range(tn)])
-            exact = max(exact, float((got - ref).abs().max()))
-            mix = _median_ms(
-                {
-                    "seq": lambda ms_=ms_, parts=parts: [
-                        torch_runners[i](parts[i]) for i in range(len(ms_))
-                    ],
-                    "vmap+stack": lambda ms_=ms_, xm=xm: vmap(one)(*stack_module_state(ms_), xm),
-                },
-                max(5, args.repeats // 2),
+def mixed_rows(repeats: int, batches: tuple[int, ...], device: torch.device) -> list[list[str]]:
+    rows = []
+    for label, (arch, config) in ARCHS.items():
+        bundle = read_bundle(make_bundle(arch, config, Strategy("rp", seed=0, ratio=1e-2)))
+        bb = Backbone.for_bundle(bundle, device, channels_last=True)
+        for n in batches:
+            tasks = _distinct(bb.pack(bundle), n)
+            hot = [bb.materialize(t) for t in tasks]
+            x = torch.rand(
+                n, *bundle.manifest.input.shape, generator=torch.Generator().manual_seed(0)
             )
-            mixes.append(
+            reps = max(4, repeats * 8 // n) if bb.task_nbytes < 4e6 else max(3, repeats // 3)
+            ms, ratio = _timed(
+                {
+                    "one": lambda x=x, w=hot[0], bb=bb: bb.forward(x, w),
+                    "per_sample": lambda x=x, h=hot, bb=bb: bb.forward_mixed(x, h),
+                    "per_sample_packed": lambda x=x, t=tasks, bb=bb: bb.forward_mixed(x, t),
+                    "per_task": lambda x=x, h=hot, bb=bb: bb.forward_grouped(x, h),
+                },
+                reps,
+            )
+            rows.append(
                 [
-                    tn,
+                    label,
                     n,
-                    f"{mix['seq']:.1f}",
-                    f"{mix['vmap+stack']:.1f}",
-                    f"{mix['seq'] / mix['vmap+stack']:.2f}x",
+                    f"{ms['one'] / n:.3f}",
+                    f"{ms['per_sample'] / n:.3f} ({ratio['per_sample']:.2f}x)",
+                    f"{ms['per_sample_packed'] / n:.3f} ({ratio['per_sample_packed']:.2f}x)",
+                    f"{ms['per_task'] / n:.3f} ({ratio['per_task']:.2f}x)",
+                    "per-sample" if ratio["per_sample"] <= ratio["per_task"] else "per-task",
+                    f"{default_mixed_mode(bb).replace('_', '-')} (reuse {bb.weight_reuse:.0f})",
                 ]
             )
-    loads.append(load_average())
-    cross_rows = [
-        [
-            f"one task, one batch of {t_}",
-            f"{cross['one']:.1f}",
-            f"{cross['one'] / t_:.2f}",
-            "1.00x",
-        ],
-        [
-            f"{t_} tasks, {t_} batches of 1 (what the server does)",
-            f"{cross['seq']:.1f}",
-            f"{cross['seq'] / t_:.2f}",
-            f"{cross['one'] / cross['seq']:.2f}x",
-        ],
-        [
-            f"{t_} tasks, one vmap, weights stacked for the batch (what a server would do)",
-            f"{cross['vmap+stack']:.1f}",
-            f"{cross['vmap+stack'] / t_:.2f}",
-            f"{cross['one'] / cross['vmap+stack']:.2f}x",
-        ],
-        [
-            f"{t_} tasks, one vmap over weights stacked beforehand (lower bound)",
-            f"{cross['vmap']:.1f}",
-            f"{cross['vmap'] / t_:.2f}",
-            f"{cross['one'] / cross['vmap']:.2f}x",
-        ],
-    ]
-    tb = min(per_item["torch"], key=lambda n: per_item["torch"][n])
-    ob = min(per_item["onnx"], key=lambda n: per_item["onnx"][n])
-    reading = f"""Reading: PyTorch eager is cheapest per item at batch {tb}
-({per_item["torch"][tb]:.2f} ms), {per_item["torch"][1] / per_item["torch"][tb]:.1f}x cheaper than at
-batch 1 (its per-operator overhead is paid per batch), and dearer again at
-batch 64 ({per_item["torch"][64] / per_item["torch"][tb]:.1f}x: activations leave the caches).
-ONNX Runtime varies little with batch size ({per_item["onnx"][1] / per_item["onnx"][ob]:.2f}x
-from batch 1 to its best, batch {ob}). So on this CPU, dynamic batching buys PyTorch
-up to {per_item["torch"][1] / per_item["torch"][tb]:.1f}x, and ONNX Runtime little.
-Across tasks, one vmap over {t_} tasks' weights needs those weights stacked for every
-batch; counted in, it runs at {cross["seq"] / cross["vmap+stack"]:.2f}x the speed of
-{t_} batches of one (and {cross["seq"] / cross["vmap"]:.2f}x with the stacking free), far from
-the {cross["seq"] / cross["one"]:.1f}x of a real batch of {t_}, and with fewer tasks or
-several items per task it is slower than one batch per task (last table): vmap turns
-the convolutions into grouped ones, which are not faster per item here. Exact
-(within {exact:.0e}), but the gain is small and only in the best case, so it was not
-adopted."""
-    body = f"""
-Model: {MODEL}; torch and ONNX Runtime pinned to {args.threads} thread(s); in-process,
-one forward per timing, variants interleaved, medians. Load average (1/5/15 min):
-from {loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+            print(rows[-1], flush=True)
+    return rows
 
-Cost per item vs batch size (one task). `torch` is what the service runs
-(`PEMN_CHANNELS_LAST=true`, the default: convolution weights channels-last);
-`torch NCHW` the same task with `channels_last=False`:
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--batches", default="8,32", help="mixed batch sizes (distinct tasks)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    loads = [load_average()]
+    device = torch.device(args.device)
+    with torch.inference_mode():
+        sweep = per_item_sweep(args.repeats, args.threads) if device.type == "cpu" else []
+        loads.append(load_average())
+        mixed = mixed_rows(args.repeats, tuple(int(b) for b in args.batches.split(",")), device)
+    loads.append(load_average())
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    body = f"""
+Device: {device} ({where}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}. Load average
+(1/5/15 min): {loads[0]} at the start, {loads[1]} after the sweep, {loads[2]} at the end.
+
+Cost per item vs batch size, one task ({MODEL}). `torch` is what the service runs
+(`PEMN_CHANNELS_LAST=true`); `torch NCHW` the same task with `channels_last=False`:
 
 {table(["batch", "torch NCHW ms", "torch ms", "channels-last speed-up", "torch ms/item", "onnx ms", "onnx ms/item"], sweep)}
 
-Batching across tasks ({t_} tasks on one backbone, one item each; vmap output equals the
-per-task runs within {exact:.1e}):
+Batches that mix tasks of one backbone (every item a different task, rp 1e-2; ms per
+item, and in parentheses the median ratio to a batch of one task of the same size):
+`per-sample` is one pass with each item's weights gathered from the hot tier,
+`per-sample from packed` the same with every task expanded from its packed form
+into the batch's buffers, `per-task` one forward per task back to back.
 
-{table(["variant", "ms", "ms/item", "throughput vs one batch"], cross_rows)}
+{table(["network", "batch", "one task ms/item", "per-sample", "per-sample from packed", "per-task", "faster mixed mode", "server's default"], mixed)}
 
-Other mixes of tasks and items (one batch per task vs one vmap, weights stacked per batch):
-
-{table(["tasks", "items per task", "one batch per task ms", "vmap ms", "vmap speed-up"], mixes)}
-
-{reading}
+The server's default (`service.runtimes.default_mixed_mode`): per-sample on a GPU, and
+on the CPU where the network uses each weight at least 128 times per sample (reuse:
+output positions per weight, averaged over the maskable weights).
 """
     print(body)
     if not args.no_write:
         write_section(
-            "batching",
-            "Batching on CPU: cost per item vs batch size, and across tasks",
+            "batching" if device.type == "cpu" else f"batching_{device.type}",
+            "Batching on CPU: cost per item vs batch size, and batches that mix tasks",
             body,
             "python bench/bench_batching.py " + " ".join(sys.argv[1:]),
         )

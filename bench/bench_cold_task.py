@@ -8,9 +8,10 @@ checkpoint, in the same run; p50 and p99 over ``--tasks`` fresh tasks.
   request to the same task.
 - baseline server (``bench/baseline_server.py``): the same K networks as dense
   safetensors checkpoints on disk, loaded lazily on the first request to each.
-- in-process, no HTTP: bundle bytes -> task module over the resident backbone
-  (``read_bundle`` + ``Backbone.task``, which checks the prototype digest) vs safetensors bytes -> dense module
-  (``create_model`` + ``load_state_dict``), interleaved.
+- in-process, no HTTP: bundle bytes -> task weights over the resident backbone
+  (``read_bundle`` + ``Backbone.pack``, which checks the prototype digest, +
+  ``Backbone.materialize``) vs safetensors bytes -> dense module (``create_model`` +
+  ``load_state_dict``), interleaved.
 - with ``--onnx K``: the first request to K fresh tasks on a pemn-serve running the
   ONNX Runtime backend (export, or re-weighting of the backbone's graph, + session).
 
@@ -61,10 +62,12 @@ def _body(name: str, inputs: str) -> str:
 
 
 def _materialize_ms(s: ServerProcess) -> tuple[float, float]:
-    return (
-        s.metric("pemn_materialize_seconds_sum", kind="task") * 1000,
-        s.metric("pemn_materialize_seconds_count", kind="task"),
+    """Server-side load time (fetch + validate + pack, then expand or build a
+    session) and the number of tasks fetched from the store."""
+    seconds = sum(
+        s.metric("pemn_materialize_seconds_sum", kind=k) for k in ("packed", "task", "onnx")
     )
+    return seconds * 1000, s.metric("pemn_materialize_seconds_count", kind="packed")
 
 
 def _pemn_cold(
@@ -144,14 +147,15 @@ def main() -> None:
         # in-process: bytes -> module, interleaved, same K networks
         checkpoints = [(root / "dense" / f"{n}.safetensors").read_bytes() for n in names]
         meta = json.loads((root / "dense" / f"{names[0]}.json").read_text())
-        backbone = Backbone.for_bundle(read_bundle(bundles[0]))
+        backbone = Backbone.for_bundle(read_bundle(bundles[0]), channels_last=True)
         for i in range(1, k + 1):
             t = time.perf_counter()
-            backbone.task(read_bundle(bundles[i], verify=False))  # as the server does
+            packed = backbone.pack(read_bundle(bundles[i], verify=False))  # as the server does
+            backbone.materialize(packed)
             a = time.perf_counter()
             load_dense(checkpoints[i], meta)
             b = time.perf_counter()
-            rows.setdefault("in-process: bundle -> task module (backbone resident)", []).append(
+            rows.setdefault("in-process: bundle -> task weights (backbone resident)", []).append(
                 (a - t) * 1000
             )
             rows.setdefault("in-process: dense checkpoint -> module", []).append((b - a) * 1000)
@@ -176,41 +180,20 @@ def main() -> None:
     def p50(key: str) -> float:
         return percentile(rows[key], 50)
 
-    first, base = (
-        p50("pemn-serve: first request"),
-        p50("baseline server: first request (lazy load)"),
-    )
-    ours = p50("in-process: bundle -> task module (backbone resident)")
-    dense = p50("in-process: dense checkpoint -> module")
-    onnx_now = rows.get("pemn-serve (onnx runtime): first request")
-    onnx_before = [
-        v for k, v in rows.items() if "@" in k and k.endswith("(onnx runtime): first request")
+    ratios = [
+        [
+            "first request over HTTP (p50)",
+            f"{p50('pemn-serve: first request'):.1f}",
+            f"{p50('baseline server: first request (lazy load)'):.1f}",
+            f"**{p50('pemn-serve: first request') / p50('baseline server: first request (lazy load)'):.2f}x**",
+        ],
+        [
+            "in-process load (p50)",
+            f"{p50('in-process: bundle -> task weights (backbone resident)'):.2f}",
+            f"{p50('in-process: dense checkpoint -> module'):.2f}",
+            f"**{p50('in-process: bundle -> task weights (backbone resident)') / p50('in-process: dense checkpoint -> module'):.2f}x**",
+        ],
     ]
-    onnx_text = (
-        f" With the ONNX runtime, a fresh task's first request takes {percentile(onnx_now, 50):.0f} ms"
-        + (
-            f" (p50), down from {percentile(onnx_before[0], 50):,.0f} ms before this branch, which"
-            " exported every task to ONNX (now: exported once per backbone, re-weighted per task)."
-            if onnx_before
-            else " (p50)."
-        )
-        if onnx_now
-        else ""
-    )
-    reading = f"""Reading: the first request to a fresh task on a resident backbone takes
-{first:.1f} ms (p50) vs {base:.1f} ms for the plain server's first request to a network it
-loads from a dense checkpoint ({first / base:.1f}x); a warm request costs about the same on
-both (second-request rows). In-process, bundle -> task costs {ours:.1f} ms vs {dense:.1f} ms
-for safetensors -> dense module ({ours / dense:.1f}x), although the bundle is
-{sizes[1] / len(bundles[1]):.0f}x smaller:
-the time goes to Python, not bytes. Profiled (cProfile): about a third is `read_bundle`
-rebuilding the architecture on the meta device to validate the manifest against it
-(`arch_layout` -> `create_model`, once per bundle), about a third `Backbone.task`'s
-`copy.deepcopy` of the meta template module, and a tenth `load_state_dict`; the
-server adds a store read and three thread-pool hand-offs. Both hot spots are in `pemn/`
-(memoizing `arch_layout` per architecture and config, and building the task module
-without a deep copy) and are left to the core library's owners; in absolute terms a
-cold task costs a few tens of milliseconds once, after which it is resident.{onnx_text}"""
     out = []
     for what, ms in rows.items():
         out.append([what, len(ms), f"{percentile(ms, 50):.1f}", f"{percentile(ms, 99):.1f}"])
@@ -221,13 +204,13 @@ files on disk (baseline). Torch pinned to {args.threads} thread(s). Every server
 serves task 0 (pemn-serve: that builds the backbone), then the first request to
 each fresh task is timed on the client; servers alternate task by task. p99 over n
 samples is close to the maximum when n is small. Load average (1/5/15 min): from
-{loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+{loads[0]} to {loads[-1]}.
 
 {table(["what", "n", "p50 ms", "p99 ms"], out)}
 
-{note_text}
+{table(["cold task", "pemn-serve ms", "dense checkpoint ms", "ratio (goal <= 1.0x)"], ratios)}
 
-{reading}
+{note_text}
 """
     print(body)
     if not args.no_write:

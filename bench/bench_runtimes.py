@@ -4,7 +4,7 @@ time in-process, so the HTTP and decoding overhead is visible separately.
 
 Requests are sent one at a time (concurrency 1), alternating between the servers;
 batch 32 is sent both as nested JSON lists and as a base64 ``.npy`` (what the
-decoding costs). In-process: ``TorchRunner`` vs ``OnnxRunner`` on the same task,
+decoding costs). In-process: the torch network vs the ONNX session of the same task,
 interleaved. Both runtimes are pinned to ``--threads`` intra-op threads.
 
 Run: python bench/bench_runtimes.py [--threads 1] [--requests 200]
@@ -39,7 +39,7 @@ from bench._serving import (
 )
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
-from service.runtimes import OnnxRunner, TorchRunner
+from service.runtimes import OnnxRunner
 from tests.service.server import ServerProcess
 
 NAME = "fashion"
@@ -103,8 +103,14 @@ def main() -> None:
 
     # in-process runners on the same task, interleaved
     bundle = read_bundle(data)
-    task = Backbone.for_bundle(bundle, channels_last=True).task(bundle)  # as the service does
-    runners = {"torch": TorchRunner(task), "onnx": OnnxRunner(task, args.threads)}
+    backbone = Backbone.for_bundle(bundle, channels_last=True)  # as the service does
+    packed = backbone.pack(bundle)
+    weights = backbone.materialize(packed)
+    onnx = OnnxRunner.build(backbone, packed, args.threads)
+    runners = {
+        "torch": lambda xb: backbone.forward(torch.from_numpy(xb), weights).numpy(),
+        "onnx": onnx,
+    }
     inproc: dict[tuple[str, str], list[float]] = {}
     for b in ("1", "32"):
         xb = np.ascontiguousarray(x[: int(b)])
@@ -149,24 +155,6 @@ def main() -> None:
         "in-process runner ms torch / onnx",
         "onnx speed-up (runner)",
     ]
-    h = {
-        key: (statistics.median(http[("torch", *key)]) / statistics.median(http[("onnx", *key)]))
-        for key in cases
-    }
-    run = {
-        b: statistics.median(inproc[("torch", b)]) / statistics.median(inproc[("onnx", b)])
-        for b in ("1", "32")
-    }
-    lists = statistics.median(http[("onnx", "32", "JSON lists")])
-    npy = statistics.median(http[("onnx", "32", "base64 .npy")])
-    reading = f"""Reading: ONNX Runtime is {run["1"]:.1f}x faster than PyTorch eager per forward at
-batch 1 and {run["32"]:.1f}x at batch 32 on this CPU; over HTTP the gain is
-{h[("1", "JSON lists")]:.1f}x at batch 1, where the request's own cost (transport, JSON,
-validation, response: the same for both runtimes) is a large share, and
-{h[("32", "JSON lists")]:.1f}x at batch 32. Sending 32 images as base64 `.npy` instead of
-nested JSON lists saves {lists - npy:.1f} ms per request (ONNX server). With exports now
-done once per backbone (see "Cold task"), the ONNX runtime is the faster choice for this
-model on CPU; the default stays `torch` (a product decision, not this benchmark's)."""
     body = f"""
 Model: {MODEL}; one task, two pemn-serve processes (`PEMN_RUNTIME=torch` and
 `onnx`), torch and ONNX Runtime pinned to {args.threads} intra-op thread(s).
@@ -176,14 +164,11 @@ side, `http.client` keep-alive). Server compute: the servers' own
 `pemn_batch_compute_seconds` for those requests (mean); "rest of the request" is the
 mean HTTP time minus that: transport, JSON decoding, validation, batching hand-offs
 and the response. In-process
-runner: `TorchRunner` / `OnnxRunner` called on the same arrays in this process
+runner: the backbone's network (`Backbone.forward`) / the task's ONNX session called on the same arrays in this process
 afterwards (no HTTP), interleaved. Outputs agree within 1e-4. Load
-average (1/5/15 min): from {loads[0]} to {loads[-1]} (shared 2-core machine with a
-training job running).
+average (1/5/15 min): from {loads[0]} to {loads[-1]}.
 
 {table(header, rows)}
-
-{reading}
 """
     print(body)
     if not args.no_write:

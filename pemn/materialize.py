@@ -126,13 +126,13 @@ class PackedTask:
     content_id: str
     fingerprint: str
     masks: np.ndarray = field(repr=False)  # uint8 (mask bytes,)
-    tail: torch.Tensor = field(repr=False)  # float32 (state values + 2 C,)
+    tail: np.ndarray = field(repr=False)  # float32 (state values + 2 C,)
     input: InputSpec
     labels: tuple[str, ...]
 
     @property
     def nbytes(self) -> int:
-        return int(self.masks.nbytes + self.tail.numel() * 4)
+        return int(self.masks.nbytes + self.tail.nbytes)
 
 
 @dataclass(eq=False)
@@ -257,6 +257,7 @@ class Backbone:
         for s, slot in zip(self.layout.layers, slots, strict=False):
             fixed_flat[slot.offset : slot.offset + slot.numel] = cpu[s.name].reshape(-1)
         self._fixed_flat = fixed_flat.to(self.device)
+        self._fixed_np = self._fixed_flat.numpy() if self.device.type == "cpu" else None
         self._shifts = _SHIFTS.to(self.device)
         self._ctx = TaskContext()
         self._net = self._build_net()
@@ -276,6 +277,7 @@ class Backbone:
         buffers (e.g. ViT positions) made real on the device."""
         with torch.device("meta"):
             tree = create_model(self.arch, **self.config)
+        self.weight_reuse = _weight_reuse(tree, self.config)
         index = {s.name: i for i, s in enumerate(self.slots)}
         net = convert(tree, index, index["input.mean"], index["input.std"], self._ctx)
         for name, buf in _derived_buffers(self.arch, canonical_json(self.config)).items():
@@ -357,7 +359,7 @@ class Backbone:
             bundle.content_id,
             self.fingerprint,
             np.array(bundle.masks, dtype=np.uint8),
-            torch.from_numpy(tail),
+            tail,
             m.input,
             tuple(m.labels),
         )
@@ -387,14 +389,16 @@ class Backbone:
         else:
             weights = TaskWeights(packed.content_id, out, self.slots)
         flat, lw = weights.flat, self._lw
-        if self.device.type == "cpu":
+        if self._fixed_np is not None:  # CPU: numpy, without torch's per-call overheads
+            arr = flat.numpy()
             unpacked = np.unpackbits(packed.masks, bitorder="little")  # uint8 (lw,)
-            np.multiply(self._fixed_flat.numpy(), unpacked, out=flat[:lw].numpy())
+            np.multiply(self._fixed_np, unpacked, out=arr[:lw])
+            arr[lw:] = packed.tail
         else:
             on_device = torch.from_numpy(packed.masks).to(self.device, non_blocking=True)
             bits = (on_device[:, None] >> self._shifts) & 1  # (mask bytes, 8), LSB first
             torch.mul(self._fixed_flat.view(-1, 8), bits, out=flat[:lw].view(-1, 8))
-        flat[lw:].copy_(packed.tail, non_blocking=True)
+            flat[lw:].copy_(torch.from_numpy(packed.tail), non_blocking=True)
         return weights
 
     # ---- running tasks ---------------------------------------------------------
@@ -441,16 +445,19 @@ class Backbone:
         if len(tasks) != len(x):
             raise ValueError(f"{len(x)} samples but {len(tasks)} tasks")
         bank, views = self._bank(len(x))
-        done: dict[int, int] = {}  # id(task) -> row already holding it
-        for i, t in enumerate(tasks):
-            row = done.get(id(t))
-            if row is not None:
-                bank[i].copy_(bank[row])
-            elif isinstance(t, PackedTask):
-                self.materialize(t, bank[i])
-            else:
-                bank[i].copy_(t.flat)
-            done.setdefault(id(t), i)
+        if all(isinstance(t, TaskWeights) for t in tasks):  # one copy kernel for the batch
+            torch.stack([t.flat for t in tasks], out=bank)  # type: ignore[union-attr]
+        else:
+            done: dict[int, int] = {}  # id(task) -> row already holding it
+            for i, t in enumerate(tasks):
+                row = done.get(id(t))
+                if row is not None:
+                    bank[i].copy_(bank[row])
+                elif isinstance(t, PackedTask):
+                    self.materialize(t, bank[i])
+                else:
+                    bank[i].copy_(t.flat)
+                done.setdefault(id(t), i)
         ctx = self._ctx
         ctx.views, ctx.bank = None, views
         try:
@@ -531,6 +538,32 @@ class Backbone:
             self.device,
             weights,
         )
+
+
+def _weight_reuse(tree: nn.Module, config: Mapping[str, Any]) -> float:
+    """How many times one sample's forward uses each maskable weight on average: a
+    layer's weights are used once per output position (pixels of a convolution,
+    tokens of a linear layer). Computed with a forward on the meta device."""
+    uses: list[tuple[int, int]] = []
+
+    def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]
+        positions = out.numel() // out.shape[1 if isinstance(module, nn.Conv2d) else -1]
+        uses.append((weight.numel(), positions))
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in tree.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        shape = (1, config["in_channels"], config["image_size"], config["image_size"])
+        tree.eval()(torch.empty(shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    n = sum(w for w, _ in uses)
+    return sum(w * p for w, p in uses) / n if n else 0.0
 
 
 def materialize(

@@ -11,8 +11,8 @@ the batch).
   not hot is expanded from its packed form straight into the batch's buffers. A
   batch of one task runs as one forward with that task's weights (no copy); a batch
   that mixes tasks runs in one pass with per-sample weights (``per_sample``) or as
-  one forward per task back to back (``per_task``), chosen by the device (see
-  ``default_mixed_mode``) unless set.
+  one forward per task back to back (``per_task``), chosen by the device and the
+  network (``default_mixed_mode``) unless set.
 - ``OnnxLane``: each task is an ONNX Runtime session (exported once per backbone
   and re-weighted per task, ``OnnxGraphs``); a mixed batch runs one session call per
   task inside one hand-off. Sessions are built in the load pool (milliseconds), so
@@ -67,13 +67,22 @@ class Lane(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-def default_mixed_mode(device: torch.device) -> MixedMode:
-    """How a mixed batch runs when not configured: per-sample weights everywhere.
-    On a GPU one pass avoids a launch-bound forward per task; on this project's
-    CPU the benchmark (bench/bench_batching.py, docs/benchmarks.md) measured it
-    faster than one forward per task for every architecture but the MLP, whose
-    per-sample layers are matrix-vector products."""
-    return "per_sample"
+# On the CPU, one pass with per-sample weights pays for gathering every sample's
+# weights; it wins where each weight does enough work per sample to hide that
+# (convolutions: ConvMixer reuses each weight ~200 times per image, ResNet-56 ~300)
+# and loses where it does not (the ViT's linear layers over 64 tokens, the MLP's
+# over one): bench/bench_batching.py, docs/benchmarks.md.
+_PER_SAMPLE_MIN_REUSE = 128
+
+
+def default_mixed_mode(backbone: Backbone) -> MixedMode:
+    """How a batch that mixes tasks runs when not configured: one pass with
+    per-sample weights on a GPU (one forward per task would be bound by kernel
+    launches), and on the CPU where the network reuses each weight enough per
+    sample (``Backbone.weight_reuse``); else one forward per task."""
+    if backbone.device.type != "cpu" or backbone.weight_reuse >= _PER_SAMPLE_MIN_REUSE:
+        return "per_sample"
+    return "per_task"
 
 
 def _split(logits: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
@@ -99,7 +108,7 @@ class TorchLane:
         self._observe = on_materialize
         self.backbone = backbone
         self.label = f"{backbone.arch}:{backbone.fingerprint[7:15]}"
-        self.mode: MixedMode = mode or default_mixed_mode(backbone.device)
+        self.mode: MixedMode = mode or default_mixed_mode(backbone)
         self.hot: ByteLRU[str, TaskWeights] = ByteLRU("hot", hot_bytes, lambda w: w.nbytes)
         self._scratch: TaskWeights | None = None  # a single non-hot task's weights
         self.batches = {"single": 0, "per_sample": 0, "per_task": 0}

@@ -249,3 +249,46 @@ def test_a_failure_outside_the_lane_fails_the_batch_instead_of_hanging_it():
         assert (await b.submit(a, 0, _x(1), 5)).tolist() == [[1, 1, 1]]  # still serving
 
     _run(body)
+
+
+def test_a_burst_of_50_tasks_runs_as_one_batch_and_each_answer_is_its_task_alone():
+    """Real lane, real backbone: 50 requests for 50 different tasks queued while the
+    device is busy run as one mixed batch; each answer equals its task served alone."""
+    import torch
+
+    from pemn.bundle import read_bundle
+    from pemn.materialize import Backbone
+    from service.runtimes import TorchLane
+    from tests.pemn.bundles import make_bundle
+
+    config = {"in_channels": 1, "image_size": 28, "width": 16, "depth": 2, "patch": 4}
+    bundles = [read_bundle(make_bundle("convmixer", config, mask_seed=900 + i)) for i in range(50)]
+    backbone = Backbone.for_bundle(bundles[0], channels_last=True)
+    tasks = [backbone.pack(b) for b in bundles]
+    xs = [np.random.default_rng(i).random((1, 1, 28, 28), dtype=np.float32) for i in range(50)]
+    alone = [
+        backbone.forward(torch.from_numpy(x), backbone.materialize(t)).numpy()
+        for x, t in zip(xs, tasks, strict=True)
+    ]
+    log: list[tuple[str, tuple[Any, ...], int]] = []
+    gate = threading.Event()
+    blocker = _Lane("blocker", log, gate)
+    lane = TorchLane(("fp", "torch"), backbone, 10 * backbone.task_nbytes, "per_sample")
+
+    async def body(b: Batcher) -> None:
+        first = asyncio.ensure_future(b.submit(blocker, 0, _x(0), 5))
+        await _until_started(blocker)
+        futs = [
+            asyncio.ensure_future(b.submit(lane, t, x, 30)) for t, x in zip(tasks, xs, strict=True)
+        ]
+        await asyncio.sleep(0.05)
+        assert b.depth == 50
+        gate.set()
+        await first
+        for got, want in zip(await asyncio.gather(*futs), alone, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    _run(body)
+    s = lane.stats()
+    assert s["batches"] == {"single": 0, "per_sample": 1, "per_task": 0}  # one batch for all 50
+    assert s["items"] == 10 and s["evictions"] == 40  # the hot tier held 10 at a time
