@@ -4,8 +4,12 @@ live in one process, e.g. in tests)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from service.cache import CacheStats
 
 __all__ = ["Metrics"]
 
@@ -61,15 +65,8 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
-        self.cache_hits = Counter(
-            "pemn_cache_hits", "Task lookups served from the cache", ["model"], registry=r
-        )
-        self.cache_misses = Counter(
-            "pemn_cache_misses", "Task lookups that materialized", ["model"], registry=r
-        )
-        self.evictions = Counter(
-            "pemn_cache_evictions", "Tasks evicted from the cache", ["device"], registry=r
-        )
+        self._caches: Callable[[], Iterable[tuple[str, CacheStats]]] = list
+        r.register(_CacheCollector(lambda: self._caches()))
         self.materialize_time = Histogram(
             "pemn_materialize_seconds",
             "Time to load by kind: backbone (generate fixed weights), packed (fetch, "
@@ -93,6 +90,12 @@ class Metrics:
             "pemn_store_syncs", "Store listings after a change notification", registry=r
         )
 
+    def watch_caches(self, source: Callable[[], Iterable[tuple[str, CacheStats]]]) -> None:
+        """Export the stats of the residency tiers ``source()`` yields as (tier, stats)
+        at every scrape: ``pemn_cache_{items,bytes,capacity_bytes}`` gauges and
+        ``pemn_cache_{hits,misses,evictions}_total`` counters, labelled by tier."""
+        self._caches = source
+
     def model_label(self, name: str) -> str:
         """``name`` as a label value: itself while fewer than ``max_models`` names
         have their own series, else ``_other``."""
@@ -103,3 +106,43 @@ class Metrics:
                 self._models.add(name)
                 return name
         return OTHER_MODELS
+
+
+class _CacheCollector:
+    """The residency tiers' stats, read at scrape time (no per-request updates)."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, CacheStats]]]) -> None:
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: its samples are known only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            "items": GaugeMetricFamily(
+                "pemn_cache_items", "Entries resident per tier", labels=["tier"]
+            ),
+            "bytes": GaugeMetricFamily(
+                "pemn_cache_bytes", "Bytes resident per tier", labels=["tier"]
+            ),
+            "capacity": GaugeMetricFamily(
+                "pemn_cache_capacity_bytes", "Byte budget per tier", labels=["tier"]
+            ),
+        }
+        counters = {
+            "hits": CounterMetricFamily(
+                "pemn_cache_hits", "Lookups served per tier", labels=["tier"]
+            ),
+            "misses": CounterMetricFamily(
+                "pemn_cache_misses", "Lookups that loaded per tier", labels=["tier"]
+            ),
+            "evictions": CounterMetricFamily(
+                "pemn_cache_evictions", "Entries evicted per tier", labels=["tier"]
+            ),
+        }
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {**gauges, **counters}
+        for tier, st in self._source():
+            for key, family in families.items():
+                family.add_metric([tier], float(getattr(st, key)))
+        yield from gauges.values()
+        yield from counters.values()

@@ -29,7 +29,7 @@ import torch
 from pemn.bundle import Bundle, BundleError, inspect_bundle, read_bundle
 from pemn.materialize import Backbone, MixedMode, PackedTask
 from pemn.store import AsyncStore, NameInfo, NotFound, VersionInfo
-from service.cache import ByteLRU
+from service.cache import ByteLRU, CacheStats
 from service.catalog import Catalog, ModelRecord
 from service.errors import ModelNotFound, Unservable
 from service.metrics import Metrics
@@ -76,6 +76,27 @@ class Registry:
         self._onnx_graphs = OnnxGraphs()
         self.onnx: ByteLRU[str, OnnxRunner] = ByteLRU("onnx", cache_bytes, lambda r: r.nbytes)
         self.synced_epoch: int | None = None
+        metrics.watch_caches(self._tier_stats)
+
+    def _tier_stats(self) -> list[tuple[str, CacheStats]]:
+        hot = [
+            lane.hot.stats() for lane in list(self._lanes.values()) if isinstance(lane, TorchLane)
+        ]
+        total = CacheStats(
+            sum(s.items for s in hot),
+            sum(s.bytes for s in hot),
+            self.cache_bytes,
+            sum(s.hits for s in hot),
+            sum(s.misses for s in hot),
+            sum(s.evictions for s in hot),
+            sum(s.load_seconds for s in hot),
+        )
+        return [
+            ("packed", self.packed.stats()),
+            ("hot", total),
+            ("onnx", self.onnx.stats()),
+            ("backbones", self.backbones.stats()),
+        ]
 
     # ---- the catalog --------------------------------------------------------
 

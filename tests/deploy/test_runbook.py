@@ -22,16 +22,16 @@ def _text() -> str:
 def test_the_metrics_to_watch_exist() -> None:
     from prometheus_client import generate_latest
 
+    from service.cache import CacheStats
     from service.metrics import Metrics
 
     m = Metrics()
+    m.watch_caches(lambda: [("hot", CacheStats(1, 2, 3, 4, 5, 6, 0.1))])
     # touch the labelled metrics so that their samples are exposed
     m.requests.labels("t", "predict", "200").inc()
     m.latency.labels("t", "predict").observe(0.01)
     m.queue_time.labels("t").observe(0.01)
     m.batch_size.labels("t").observe(1)
-    m.cache_misses.labels("t").inc()
-    m.evictions.labels("cpu").inc()
     m.materialize_time.labels("task").observe(0.01)
     m.resident_bytes.labels("cpu", "task").set(1)
     m.uploads.labels("created").inc()
