@@ -128,16 +128,16 @@ class Registry:
         self._task_flight = _SingleFlight()
         self._backbone_flight = _SingleFlight()
         self._bundle_flight = _SingleFlight()
-        self.synced_epoch: int | None = None
+        self.synced_epoch: str | None = None  # the store's change marker at the last sync
 
     # ---- names -------------------------------------------------------------
 
     async def sync(self) -> None:
         """Re-read every name's latest version from the store."""
-        epoch = await self.store.epoch()
+        marker = await self.store.marker()  # read first: a change after it is seen next time
         listing = await self.store.list()
         self.names = {info.name: info for info in listing}
-        self.synced_epoch = epoch
+        self.synced_epoch = marker
         live = {info.content_id for info in listing}
         for cid in [c for c in self._bundles if c not in live]:
             del self._bundles[cid]
@@ -211,8 +211,16 @@ class Registry:
             return bundle
 
         async def fetch() -> Bundle:
-            data = await self.store.get_by_id(ref.content_id)
-            b = await self._in_pool(read_bundle, data, verify=False)
+            # Versions are never reused, so (name, version) names these bytes; the
+            # content id is checked all the same (the store verified the sha256).
+            got = await self.store.get(ref.name, ref.version)
+            if got.content_id != ref.content_id:
+                raise NotFound(
+                    f"version {ref.version} holds {got.content_id}, not {ref.content_id}",
+                    store=self.store.url,
+                    key=f"{ref.name}@{ref.version}",
+                )
+            b = await self._in_pool(read_bundle, got.data, verify=False)
             latest = self.names.get(ref.name)
             if latest is not None and latest.content_id == ref.content_id:
                 self._bundles[ref.content_id] = b  # only latest versions stay resident
