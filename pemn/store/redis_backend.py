@@ -83,6 +83,10 @@ class RedisBackend(Backend):
                 raise StoreError(f"Redis refused: {exc}", store=self.display, key=key) from exc
             raise Unavailable(f"Redis refused: {exc}", store=self.display, key=key) from exc
         except (RedisError, OSError, TimeoutError, EOFError) as exc:
+            # Pooled connections to a server that went away are all dead: drop the
+            # idle ones now, so that the next calls connect afresh.
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
             why = str(exc) or type(exc).__name__
             raise Unavailable(f"Redis not reachable: {why}", store=self.display, key=key) from exc
 
