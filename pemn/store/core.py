@@ -83,6 +83,7 @@ class AsyncStore:
         self._options = options
         self._validator: Validator = options.validator or default_validator
         self._closed = False
+        self._cleanups: set[asyncio.Task[None]] = set()  # version objects being removed
 
     @property
     def url(self) -> str:
@@ -106,6 +107,8 @@ class AsyncStore:
         """Release connections; the store cannot be used afterwards."""
         if not self._closed:
             self._closed = True
+            if self._cleanups:
+                await asyncio.wait(self._cleanups, timeout=self._options.timeout)
             await self._backend.aclose()
 
     aclose = close
@@ -260,16 +263,22 @@ class AsyncStore:
             )
 
     async def _drop(self, name: str, versions: list[int]) -> None:
-        """Delete version objects no head uses (best effort: a failure is a leak)."""
+        """Delete version objects no head uses, in the background (best effort: a
+        failure is a leak), so that no answer waits for it."""
         if versions:
-            try:
-                await asyncio.wait_for(
-                    self._backend.delete_versions(name, versions), self._options.timeout
-                )
-            except (Unavailable, TimeoutError) as exc:
-                log.warning(
-                    "store %s: could not remove %s versions %s: %s", self.url, name, versions, exc
-                )
+            task = asyncio.create_task(self._remove(name, versions))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def _remove(self, name: str, versions: list[int]) -> None:
+        try:
+            await asyncio.wait_for(
+                self._backend.delete_versions(name, versions), self._options.timeout
+            )
+        except (Unavailable, TimeoutError) as exc:
+            log.warning(
+                "store %s: could not remove %s versions %s: %s", self.url, name, versions, exc
+            )
 
     # ------------------------------------------------------------------ writes
     async def _prepare(self, name: str, data: bytes) -> tuple[dict[str, Any], str]:
