@@ -161,7 +161,7 @@ class AsyncStore:
             return await self._attempts(op, name, timeout, step, w)
         finally:
             if w.mine is not None and not w.used and w.unsure is None:  # never committed
-                await self._drop(name, [w.mine.version])
+                self._drop_later(name, [w.mine.version])
 
     async def _attempts(
         self,
@@ -262,15 +262,16 @@ class AsyncStore:
                 current=cur.content_id if cur else None,
             )
 
-    async def _drop(self, name: str, versions: list[int]) -> None:
-        """Delete version objects no head uses, in the background (best effort: a
-        failure is a leak), so that no answer waits for it."""
-        if versions:
-            task = asyncio.create_task(self._remove(name, versions))
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
+    def _drop_later(self, name: str, versions: list[int]) -> None:
+        """``_drop`` in the background, so that an abandoned write's answer never waits."""
+        task = asyncio.create_task(self._drop(name, versions))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
-    async def _remove(self, name: str, versions: list[int]) -> None:
+    async def _drop(self, name: str, versions: list[int]) -> None:
+        """Delete version objects no head uses (best effort: a failure is a leak)."""
+        if not versions:
+            return
         try:
             await asyncio.wait_for(
                 self._backend.delete_versions(name, versions), self._options.timeout
