@@ -1,210 +1,270 @@
-"""Bundle store latency: put and get of a 100 KB bundle on each backend, same run.
+"""Bundle store latency, this code against a baseline revision in the same run.
 
-Backends: local directory (fsync on), Redis and S3 (moto's server), both started
-on loopback by this script with the same helpers the tests use (tests/servers.py).
-Columns, per backend (median and p90 over the repeats, milliseconds):
+Two worker processes run the same measurements, one importing ``pemn`` from this tree
+and one from ``git archive <baseline>`` (default: 982c461, the store v1 before issue
+12); the parent interleaves them in small chunks so both see the same machine load.
 
-  put        ``store.put`` of a new version: size cap, bundle validation
-             (``inspect_bundle``), sha256, the backend's transaction, retention
-  put w/o validation   the same with a no-op validator: what validation costs
-  get        ``store.get`` of the latest version: head + blob + sha256 check
-  raw write / raw read  one plain write / read of the same bytes with the backend's
-             own client (file write+fsync+rename, Redis SET/GET, S3 PUT/GET): the floor
+1. put / get of a 100 KB bundle on the directory, Redis and S3 (moto) stores: ``put``
+   (validated: ``inspect_bundle``), ``put w/o validation`` (a no-op validator: the
+   store's own cost), ``get`` (head + bytes + sha256). Median / p90 ms.
+2. contention: 16 tasks in another process upload new versions of 16 other names back
+   to back while one client alternates an upload and a delete of its own name; p50 /
+   p99 ms of that client's deletes and uploads (directory and Redis; a cheap
+   validator, so that the store, not bundle validation, is what is measured).
 
-Run: python bench/bench_store.py [--repeats 40]
+Run: python bench/bench_store.py [--repeats 40] [--seconds 8] [--baseline 982c461]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from functools import partial
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench._report import percentile, table, write_section  # noqa: E402
-from pemn.bundle import inspect_bundle  # noqa: E402
-from pemn.store import open_store  # noqa: E402
-from pemn.store.s3_backend import boto3_session  # noqa: E402
-from tests.pemn.bundles import make_bundle  # noqa: E402
-from tests.servers import MotoServer, RedisServer  # noqa: E402
-
 TARGET_BYTES = 100_000
 
 
-def bundles(n: int) -> list[bytes]:
-    """``n`` distinct valid MLP bundles of about 100 KB (masks: 1 bit per weight)."""
-    hidden = TARGET_BYTES * 8 // (28 * 28 + 10)
-    config = {"in_channels": 1, "image_size": 28, "hidden": [hidden]}
+def _bundles(n: int, big: bool) -> list[bytes]:
+    from tests.pemn.bundles import make_bundle
+
+    config = None
+    if big:  # masks are 1 bit per weight
+        config = {
+            "in_channels": 1,
+            "image_size": 28,
+            "hidden": [TARGET_BYTES * 8 // (28 * 28 + 10)],
+        }
     return [make_bundle(config=config, mask_seed=i) for i in range(n)]
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1000
+def _cheap(data: bytes) -> dict[str, Any]:
+    return {"arch": "mlp", "config": {}, "fingerprint": "x", "bytes": len(data)}
 
 
-def stats(ms: list[float]) -> str:
-    return f"{percentile(ms, 50):.2f} / {percentile(ms, 90):.2f}"
+# ---------------------------------------------------------------- worker side
+def _latency(cmd: dict[str, Any], data: list[bytes]) -> dict[str, list[float]]:
+    from pemn.store import open_store
 
-
-def no_validation(data: bytes) -> dict[str, Any]:
-    return {}
-
-
-def measure(
-    url: str, data: list[bytes], options: dict[str, Any], repeats: int
-) -> tuple[str, str, str]:
-    """put (validated), put (no validation), get: 'median / p90' ms each.
-
-    The two kinds of put go to two stores (fresh prefixes / directories) and are
-    interleaved, one of each per round, so that both see the same machine load."""
-    validated = open_store(url.format(uuid.uuid4().hex[:8]), **options)
-    plain = open_store(url.format(uuid.uuid4().hex[:8]), **options, validator=no_validation)
-    times: dict[str, list[float]] = {"put": [], "plain": [], "get": []}
+    out: dict[str, list[float]] = {"put": [], "plain": [], "get": []}
+    full = open_store(cmd["url"].format(uuid.uuid4().hex[:8]), **cmd["options"])
+    plain = open_store(cmd["url"].format(uuid.uuid4().hex[:8]), **cmd["options"], validator=_cheap)
     try:
-        for d in data[:3]:  # warm up: connections, first versions
-            validated.put("warmup", d)
-            plain.put("warmup", d)
-        for d in data[3 : 3 + repeats]:
-            times["put"].append(timed(partial(validated.put, "bench", d)))
-            times["plain"].append(timed(partial(plain.put, "bench", d)))
-            times["get"].append(timed(partial(validated.get, "bench")))
+        for i in range(cmd["n"]):
+            d = data[(cmd["start"] + i) % len(data)]
+            for key, s in (("put", full), ("plain", plain)):
+                t = time.perf_counter()
+                s.put("bench", d)
+                out[key].append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            full.get("bench")
+            out["get"].append((time.perf_counter() - t) * 1000)
     finally:
-        validated.close()
+        full.close()
         plain.close()
-    return stats(times["put"]), stats(times["plain"]), stats(times["get"])
+    return out
 
 
-def raw_file(root: Path, data: bytes, repeats: int) -> tuple[list[float], list[float]]:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "blob"
+async def _upload_loop(
+    url: str, options: dict[str, Any], seconds: float, data: list[bytes]
+) -> None:
+    """16 tasks uploading new versions of 16 names back to back (the load)."""
+    from pemn.store import open_async_store
 
-    def write() -> None:
-        tmp = root / f"tmp.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(fd)
-        os.close(fd)
+    stop = time.monotonic() + seconds
+    async with open_async_store(url, **options, validator=_cheap) as s:
 
-    writes = [timed(write) for _ in range(repeats)]
-    reads = [timed(path.read_bytes) for _ in range(repeats)]
-    return writes, reads
+        async def uploader(i: int) -> None:
+            n = 0
+            while time.monotonic() < stop:
+                n += 1
+                await s.put(f"other-{i}", data[(i + n) % len(data)])
+
+        await asyncio.gather(*(uploader(i) for i in range(16)))
 
 
-def raw_redis(url: str, data: bytes, repeats: int) -> tuple[list[float], list[float]]:
-    import redis
+async def _contention(cmd: dict[str, Any], data: list[bytes]) -> dict[str, list[float]]:
+    """One task alternating upload and delete of its own name, while another process
+    runs the 16 uploaders (so they do not share this client's loop and threads)."""
+    from pemn.store import open_async_store
 
-    r = redis.Redis.from_url(url)
-    try:
-        key = f"bench-raw:{uuid.uuid4().hex}"
-        r.set(key, data)
-        writes = [timed(lambda: r.set(key, data)) for _ in range(repeats)]
-        reads = [timed(lambda: r.get(key)) for _ in range(repeats)]
-        r.delete(key)
-    finally:
-        r.close()
-    return writes, reads
-
-
-def raw_s3(endpoint: str, bucket: str, creds: dict[str, str], data: bytes, repeats: int) -> Any:
-    c = boto3_session(region_name="us-east-1", **creds).client("s3", endpoint_url=endpoint)
-    key = f"bench-raw/{uuid.uuid4().hex}"
-
-    def get() -> None:
-        body = c.get_object(Bucket=bucket, Key=key)["Body"]
-        body.read()
-        body.close()
-
-    try:
-        c.put_object(Bucket=bucket, Key=key, Body=data)
-        writes = [
-            timed(lambda: c.put_object(Bucket=bucket, Key=key, Body=data)) for _ in range(repeats)
+    url = cmd["url"].format(uuid.uuid4().hex[:8])
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--uploaders",
+            url,
+            str(cmd["seconds"] + 1),
+            json.dumps(cmd["options"]),
         ]
-        reads = [timed(get) for _ in range(repeats)]
+    )
+    out: dict[str, list[float]] = {"delete": [], "upload": []}
+    try:
+        await asyncio.sleep(1.0)  # let the load start
+        stop = time.monotonic() + cmd["seconds"]
+        async with open_async_store(url, **cmd["options"], validator=_cheap) as s:
+            n = 0
+            while time.monotonic() < stop:
+                n += 1
+                t = time.perf_counter()
+                await s.put("mine", data[n % len(data)])
+                t1 = time.perf_counter()
+                await s.delete("mine")
+                out["upload"].append((t1 - t) * 1000)
+                out["delete"].append((time.perf_counter() - t1) * 1000)
     finally:
-        c.close()
-    return writes, reads
+        load.wait(120)
+    return out
+
+
+def _worker() -> None:
+    big, small = _bundles(8, True), _bundles(24, False)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "latency":
+            result = _latency(cmd, big)
+        else:
+            result = asyncio.run(_contention(cmd, small))
+        print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- parent side
+class Worker:
+    def __init__(self, src: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+        self.p = subprocess.Popen(
+            [sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env, text=True, cwd=tempfile.gettempdir(),
+        )  # fmt: skip
+
+    def run(self, **cmd: Any) -> dict[str, list[float]]:
+        assert self.p.stdin and self.p.stdout
+        self.p.stdin.write(json.dumps(cmd) + "\n")
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.p.stdin
+        self.p.stdin.close()
+        self.p.wait(60)
+
+
+def _baseline_tree(rev: str, into: Path) -> Path:
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "pemn"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
 
 def main() -> None:
+    if "--worker" in sys.argv:
+        _worker()
+        return
+    if "--uploaders" in sys.argv:
+        url, seconds, options = sys.argv[2:5]
+        asyncio.run(_upload_loop(url, json.loads(options), float(seconds), _bundles(24, False)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from bench._report import percentile, table, write_section
+    from tests.servers import MotoServer, RedisServer
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=40, help="timed operations per cell")
+    parser.add_argument("--repeats", type=int, default=40, help="timed put/get rounds per cell")
+    parser.add_argument("--seconds", type=float, default=8, help="contention seconds per code")
+    parser.add_argument("--baseline", default="982c461", help="git revision to compare with")
     args = parser.parse_args()
-    n = args.repeats
 
-    print(f"making {n + 3} bundles of ~{TARGET_BYTES // 1000} KB ...", flush=True)
-    data = bundles(n + 3)
-    size = len(data[0])
-    validate = [timed(partial(inspect_bundle, d)) for d in data[:n]]
+    def cell(ms: list[float], hi: float = 90) -> str:
+        return f"{percentile(ms, 50):.2f} / {percentile(ms, hi):.2f}"
 
-    rows = []
+    codes = ("this", args.baseline)
+    lat: dict[tuple[str, str], dict[str, list[float]]] = {}
+    con: dict[tuple[str, str], dict[str, list[float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="pemn-bench-") as tmp,
         RedisServer() as rs,
-        MotoServer(threaded=True) as moto,  # one client here: threads are safe
+        MotoServer() as moto,
     ):
+        workers = {
+            "this": Worker(ROOT),
+            args.baseline: Worker(_baseline_tree(args.baseline, Path(tmp) / "base")),
+        }
         bucket = moto.bucket("pemn-bench")
-        creds = dict(moto.credentials)
-        s3_url = f"s3://{bucket}/b-{{}}?endpoint_url={moto.endpoint_url}"
         cases = [
-            ("directory (file://, fsync)", Path(tmp).as_uri() + "/s-{}", {},
-             lambda: raw_file(Path(tmp) / "raw", data[0], n)),
-            ("Redis (loopback)", rs.url + "?prefix=b-{}", {},
-             lambda: raw_redis(rs.url, data[0], n)),
-            ("S3 (moto server, loopback)", s3_url, creds,
-             lambda: raw_s3(moto.endpoint_url, bucket, creds, data[0], n)),
+            ("directory (file://, fsync)", Path(tmp).as_uri() + "/s-{}", {}),
+            ("Redis (loopback)", rs.url + "?prefix=b-{}", {}),
+            ("S3 (moto server, loopback)", f"s3://{bucket}/b-{{}}?endpoint_url={moto.endpoint_url}", dict(moto.credentials)),
         ]  # fmt: skip
-        for label, url, options, raw in cases:
-            print(f"measuring {label} ...", flush=True)
-            put, put_raw, get = measure(url, data, options, n)
-            writes, reads = raw()
-            rows.append([label, put, put_raw, get, stats(writes), stats(reads)])
+        chunk = 5
+        for label, url, options in cases:
+            print(f"put/get: {label} ...", flush=True)
+            for start in range(0, args.repeats, chunk):
+                for code in codes:
+                    got = workers[code].run(
+                        op="latency", url=url, options=options, n=chunk, start=start
+                    )
+                    for k, v in got.items():
+                        lat.setdefault((label, code), {}).setdefault(k, []).extend(v)
+        for label, url, options in cases[:2]:
+            print(f"contention: {label} ...", flush=True)
+            for _ in range(2):
+                for code in codes:
+                    got = workers[code].run(
+                        op="contention", url=url, options=options, seconds=args.seconds / 2
+                    )
+                    for k, v in got.items():
+                        con.setdefault((label, code), {}).setdefault(k, []).extend(v)
+        for w in workers.values():
+            w.close()
 
-    header = [
-        "backend",
-        "put (validated)",
-        "put w/o validation",
-        "get (verified)",
-        "raw write",
-        "raw read",
+    rows = [
+        [label, code, cell(v["put"]), cell(v["plain"]), cell(v["get"])]
+        for (label, code), v in lat.items()
+    ]
+    crow = [
+        [label, code, len(v["delete"]), cell(v["delete"], 99), cell(v["upload"], 99)]
+        for (label, code), v in con.items()
     ]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = (
-        f"Load average when done: {load} (a shared machine: medians move with it).\n\n"
-        f"Bundle: an MLP bundle of {size:,} bytes (a new version each put; retain=10, so "
-        f"old versions are dropped as in steady state). Milliseconds, median / p90 over "
-        f"{n} operations each, sync API. Validation alone (`inspect_bundle`): "
-        f"{stats(validate)} ms.\n\n"
-        + table(header, rows)
-        + "\n\n`put w/o validation` uses a no-op validator: the store's own cost "
-        "(sha256, transaction, retention); the two puts are interleaved so both see the "
-        "same load. `raw write/read` is one plain write/read of the same bytes with the "
-        "backend's client: the floor. A directory put makes seven fsyncs (ref marker, "
-        "blob, head, epoch: file and directory); a Redis put is one WATCH/MULTI/EXEC; an "
-        "S3 put checks `lock.waiting` and takes the lease lock, reads head and epoch, "
-        "writes ref and blob, head, epoch, deletes the dropped version's ref and blob and "
-        "releases the lock: nine round trips. moto is a Python server on loopback; "
-        "against real S3 each round trip costs tens of milliseconds."
+        f"Load average when done: {load} (a shared machine: medians move with it). `this` is "
+        f"this tree; `{args.baseline}` the store before issue 12 (store-wide write lock, "
+        "blob refs, global epoch, S3 lease), run by a second worker process from "
+        "`git archive`, interleaved in chunks of 5 operations so both see the same load.\n\n"
+        "**put / get of a 100 KB bundle** (an MLP bundle of ~109 KB, a new version each "
+        f"put, retain=10). Milliseconds, median / p90 over {args.repeats} operations, sync API.\n\n"
+        + table(
+            ["backend", "code", "put (validated)", "put w/o validation", "get (verified)"], rows
+        )
+        + "\n\n**Contention**: 16 tasks in a second process upload new versions of 16 other "
+        "names back to back while one client alternates an upload and a delete of its own "
+        f"name (async API, 8 KB bundles, a cheap validator), {args.seconds:g} s per code in two "
+        "interleaved halves. Milliseconds, p50 / p99 of that task's operations. Goal: delete "
+        "p99 < 50 ms on the directory and Redis stores.\n\n"
+        + table(["backend", "code", "deletes", "delete p50 / p99", "upload p50 / p99"], crow)
+        + "\n\nA v2 put is: read the name's head, create the version object (conditional "
+        "create), swap the head (compare-and-swap); two to three round trips, none of them "
+        "shared with another name. A directory put makes two fsynced file writes (version, "
+        "head revision) and their directory fsyncs."
     )
     write_section(
         "store",
-        "Bundle stores: put/get latency of a 100 KB bundle",
+        "Bundle stores: put/get latency, and deletes under upload contention",
         body,
-        f"python bench/bench_store.py --repeats {n}",
+        f"python bench/bench_store.py --repeats {args.repeats} --seconds {args.seconds:g} --baseline {args.baseline}",
     )
 
 

@@ -7,6 +7,7 @@ export    a bundle as ONNX, checked against PyTorch
 schema    the JSON Schema of the bundle manifest
 publish   upload bundle files (or directories of *.pemn) into a store
 rollback  make an earlier version of a model its latest again
+store     store maintenance: ``store migrate URL`` converts a store v1 layout
 """
 
 from __future__ import annotations
@@ -274,14 +275,29 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
     with open_store(_store_url(args.store)) as store:
         current = _retrying(lambda: store.info(args.name), args.wait)
-        old = store.get(args.name, args.version)
-        if old.content_id == current.content_id:
-            print(f"{args.name} v{current.version} already holds the bytes of v{args.version}")
+        if current.version == args.version:
+            print(f"{args.name} v{args.version} already is the latest version")
             return 0
-        result = store.put(args.name, old.data, expected_version=current.version)
+        # Conditional on what was just read: a publish in between is not undone.
+        result = store.rollback(args.name, args.version, if_match=current.content_id)
     print(
-        f"rolled back {args.name}: v{result.version} now holds the bytes of v{args.version} ({result.content_id}); v{current.version} stays retained"
+        f"rolled back {args.name}: v{result.version} is the latest version again ({result.content_id}); v{current.version} stays retained"
     )
+    return 0
+
+
+def _cmd_store_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pemn.store import open_async_store
+    from pemn.store.migrate import migrate
+
+    async def run() -> tuple[str, int]:
+        async with open_async_store(args.url) as store:
+            return store.url, await migrate(store)
+
+    url, n = asyncio.run(run())
+    print(f"{url}: {n} name(s) migrated to the store v2 layout")
     return 0
 
 
@@ -346,13 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser(
-        "rollback", help="make an earlier version of a model its latest (as a new version)"
+        "rollback", help="make a retained earlier version of a model its latest again"
     )
     p.add_argument("name", help="model name")
-    p.add_argument("version", type=int, help="the retained version whose bytes become the latest")
+    p.add_argument("version", type=int, help="the retained version that becomes the latest")
     p.add_argument("--store", help=store_help)
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help=wait_help)
     p.set_defaults(func=_cmd_rollback)
+
+    p = sub.add_parser("store", help="store maintenance")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    p = store_sub.add_parser(
+        "migrate",
+        help="convert a store written by store v1 (before per-name versions) in place; "
+        "safe to re-run; stop v1 writers first",
+    )
+    p.add_argument("url", help=store_help.removesuffix(" (default: $PEMN_STORE_URL)"))
+    p.set_defaults(func=_cmd_store_migrate)
     return parser
 
 

@@ -18,7 +18,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pemn.bundle import BundleError
-from pemn.store import InvalidBundle, InvalidName, NotFound, StoreError, TooLarge, Unavailable
+from pemn.store import (
+    InvalidBundle,
+    InvalidName,
+    NeedsMigration,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+    TooLarge,
+    Unavailable,
+)
 
 __all__ = [
     "APIError",
@@ -35,13 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("service")
-
-_STORE_STATUS = {
-    "store.not_found": 404,
-    "store.conflict": 409,
-    "store.unavailable": 503,
-    "store.corrupt": 500,
-}
 
 
 class DomainError(Exception):
@@ -169,12 +171,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return _body(422, exc.code, str(exc))
         if isinstance(exc, NotFound):
             return _body(404, exc.code, str(exc))
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, PreconditionFailed):
+            return _body(412, exc.code, str(exc))
+        if isinstance(exc, Unavailable | NeedsMigration):  # a deadline too: try again later
             return _body(503, exc.code, str(exc), {"Retry-After": "1"})
-        status = _STORE_STATUS.get(exc.code, 500)
-        if status == 500:
-            log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
-        return _body(status, exc.code, str(exc))
+        # Corrupt (stored bytes fail their check) or a store bug: logged, a 500.
+        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+        return _body(500, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

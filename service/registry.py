@@ -75,7 +75,7 @@ class Registry:
         self._lanes: dict[tuple[str, str], Lane] = {}
         self._onnx_graphs = OnnxGraphs()
         self.onnx: ByteLRU[str, OnnxRunner] = ByteLRU("onnx", cache_bytes, lambda r: r.nbytes)
-        self.synced_epoch: int | None = None
+        self.synced_epoch: str | None = None  # the store's change marker at the last sync
         metrics.watch_caches(self._tier_stats)
 
     def _tier_stats(self) -> list[tuple[str, CacheStats]]:
@@ -102,10 +102,10 @@ class Registry:
 
     async def sync(self) -> None:
         """Re-read every name's latest version from the store."""
-        epoch = await self.store.epoch()
+        marker = await self.store.marker()  # read first: a change after it is seen next time
         listing = await self.store.list()
         self.catalog.replace_all(listing)
-        self.synced_epoch = epoch
+        self.synced_epoch = marker
         live = {r.content_id for r in self.catalog.records()}
         for cid in self.packed.cached_keys():
             if cid not in live:
@@ -140,9 +140,17 @@ class Registry:
             return hit
         for v in await self.versions(name):
             if v.version == version:
-                data = await self.store.get_by_id(v.content_id)
+                data = await self._bytes(name, v.version, v.content_id)
                 summary = await self._in_pool(inspect_bundle, data, verify=False)
-                info = NameInfo(name, v.version, v.content_id, v.size, v.created_at, summary, 1)
+                info = NameInfo(
+                    name=name,
+                    version=v.version,
+                    content_id=v.content_id,
+                    size=v.size,
+                    created_at=v.created_at,
+                    summary=summary,
+                    versions=1,
+                )
                 record = ModelRecord.from_info(info)
                 if len(self._old) >= _OLD_RECORDS:
                     self._old.pop(next(iter(self._old)))
@@ -171,9 +179,21 @@ class Registry:
             return packed
         return await self.onnx.get(record.content_id, lambda _: self._load_onnx(packed))
 
+    async def _bytes(self, name: str, version: int, content_id: str) -> bytes:
+        """The verified bytes of ``name`` v``version``. Versions are never reused, so
+        (name, version) names these bytes; the content id is checked all the same."""
+        got = await self.store.get(name, version)
+        if got.content_id != content_id:
+            raise NotFound(
+                f"version {version} holds {got.content_id}, not {content_id}",
+                store=self.store.url,
+                key=f"{name}@{version}",
+            )
+        return got.data
+
     async def _load_packed(self, record: ModelRecord) -> PackedTask:
         start = time.perf_counter()
-        data = await self.store.get_by_id(record.content_id)
+        data = await self._bytes(record.name, record.version, record.content_id)
         try:
             bundle = await self._in_pool(read_bundle, data, verify=False)
             backbone = await self.backbone(bundle)

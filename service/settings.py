@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="required for POST/DELETE /models when set")
     max_upload_bytes: int = Field(64 * 2**20, ge=1024, description="largest accepted bundle upload")
+    write_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="an upload or delete not committed to the store within this is abandoned "
+        "(503 with Retry-After) and never commits later",
+    )
     max_request_bytes: int = Field(
         32 * 2**20, ge=1024, description="largest accepted predict/infer body"
     )

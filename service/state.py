@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from pemn.materialize import resolve_device
-from pemn.store import AsyncStore, StoreError, Unavailable, open_async_store
+from pemn.store import AsyncStore, NeedsMigration, StoreError, Unavailable, open_async_store
 from service.batching import Batcher
 from service.metrics import Metrics
 from service.registry import Registry
@@ -77,6 +77,10 @@ class ServiceState:
             try:
                 await self.registry.sync()
                 break
+            except NeedsMigration as exc:  # a deployment error: say so, stay unready
+                self.status = f"error: {exc}"
+                log.error("%s", exc)
+                return
             except Unavailable as exc:
                 self.status = f"waiting for the store: {exc}"
                 log.warning("store not reachable yet (%s); retrying in %.1fs", exc, delay)
@@ -129,28 +133,28 @@ class ServiceState:
                 log.exception("preload of %r failed", name)
 
     async def _follow(self) -> None:
-        """Re-sync whenever the store's epoch moves (pub/sub hint or polling)."""
+        """Re-sync whenever the store's change marker moves (pub/sub hint or polling)."""
         if not self.settings.store_hints:
             await self._poll()
             return
-        epochs = self.store.watch(self.settings.poll_interval_s)
+        markers = self.store.watch(self.settings.poll_interval_s)
         try:
-            async for epoch in epochs:
-                if epoch == self.registry.synced_epoch:
+            async for marker in markers:
+                if marker == self.registry.synced_epoch:
                     continue
                 try:
                     await self.registry.sync()
                 except StoreError as exc:
-                    log.warning("store sync after epoch %d failed: %s", epoch, exc)
+                    log.warning("store sync after change %s failed: %s", marker, exc)
         finally:
-            await epochs.aclose()  # releases the pub/sub subscription
+            await markers.aclose()  # releases the pub/sub subscription
 
     async def _poll(self) -> None:
         """Polling only (``PEMN_STORE_HINTS=false``): the fallback when hints are lost."""
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
-                if await self.store.epoch() != self.registry.synced_epoch:
+                if await self.store.marker() != self.registry.synced_epoch:
                     await self.registry.sync()
             except StoreError as exc:
                 log.warning("store poll failed: %s", exc)

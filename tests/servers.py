@@ -213,10 +213,10 @@ class MotoServer(_Process):
 
     def bucket(self, name: str) -> str:
         """Create bucket ``name`` (if absent) and return its name."""
-        from pemn.store.s3_backend import boto3_session
+        import boto3
 
-        client = boto3_session(region_name="us-east-1", **self.credentials).client(
-            "s3", endpoint_url=self.endpoint_url
+        client = boto3.client(
+            "s3", region_name="us-east-1", endpoint_url=self.endpoint_url, **self.credentials
         )
         try:
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):

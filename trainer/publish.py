@@ -74,7 +74,7 @@ class Publisher:
         else:
             store = self._store()
             try:
-                store.epoch()  # one round trip to the backend
+                store.marker()  # one round trip to the backend
             except Exception as exc:
                 raise PublishError(f"cannot reach the store {self.url}: {exc}") from None
             finally:

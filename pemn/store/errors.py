@@ -2,31 +2,20 @@
 
 Every error is a ``StoreError`` with a stable ``code`` (``store.*``), the store it
 came from (``store``: the URL without credentials) and the key it concerns (``key``:
-a bundle name, ``name@version``, a content id, or ``None``). Messages are one
-sentence naming both. The service maps them to HTTP statuses:
-
-=================  ======================  ======
-class              code                    status
-=================  ======================  ======
-NotFound           store.not_found         404
-Conflict           store.conflict          409
-InvalidName        store.invalid_name      422
-InvalidBundle      store.invalid_bundle    422
-TooLarge           store.too_large         413 (or 422; it is an ``InvalidBundle``)
-Unavailable        store.unavailable       503
-Corrupt            store.corrupt           500
-StoreConfigError   store.bad_config        (raised by ``open_store``; a deploy error)
-=================  ======================  ======
+a bundle name, ``name@version``, or ``None``). Messages are one sentence naming both.
+The service maps them to HTTP statuses (docs/stores.md has the table).
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "Conflict",
     "Corrupt",
+    "DeadlineExceeded",
     "InvalidBundle",
     "InvalidName",
+    "NeedsMigration",
     "NotFound",
+    "PreconditionFailed",
     "StoreConfigError",
     "StoreError",
     "TooLarge",
@@ -50,22 +39,24 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    """No bundle under that name / version / content id."""
+    """No bundle under that name, or no such retained version."""
 
     code = "store.not_found"
 
 
-class Conflict(StoreError):
-    """``expected_version`` did not match the current version of the name."""
+class PreconditionFailed(StoreError):
+    """``if_match`` did not match the content id of the name's latest version.
 
-    code = "store.conflict"
+    ``expected`` is what the caller gave, ``current`` the latest content id (``None``
+    when the name does not exist). Nothing was written."""
 
-    def __init__(
-        self, message: str, *, store: str | None, key: str, expected: int, current: int
-    ) -> None:
+    code = "store.precondition_failed"
+
+    def __init__(self, *, store: str | None, key: str, expected: str, current: str | None) -> None:
         self.expected = expected
-        self.current = current  # 0 when the name does not exist
-        super().__init__(message, store=store, key=key)
+        self.current = current
+        now = f"the latest version is {current}" if current else "the name does not exist"
+        super().__init__(f"if_match {expected} does not hold: {now}", store=store, key=key)
 
 
 class InvalidName(StoreError, ValueError):
@@ -75,10 +66,8 @@ class InvalidName(StoreError, ValueError):
 
 
 class InvalidBundle(StoreError, ValueError):
-    """The bytes are not a valid bundle; nothing was written.
-
-    ``bundle_code`` and ``field`` carry the bundle reader's error code and field
-    (``None`` when the reader did not give them)."""
+    """The bytes are not a valid bundle; nothing was written. ``bundle_code`` and
+    ``field`` carry the bundle reader's error code and field (or ``None``)."""
 
     code = "store.invalid_bundle"
 
@@ -112,33 +101,33 @@ class TooLarge(InvalidBundle):
 
 
 class Unavailable(StoreError):
-    """The backend did not answer (connection refused, timeout, lock not obtained).
+    """The backend did not answer (connection refused, timeout, server refusing).
 
-    Raised after the bounded retries; nothing stored is lost or half-written. A
-    write that raised it may or may not have happened; re-putting is safe.
-    ``retryable`` is False when waiting longer already was the retry (a lock wait,
-    write contention), so the store does not wait all over again."""
+    Raised after the bounded retries; nothing stored is lost or half-written. A write
+    that raised it is not known to have committed; repeating it is safe."""
 
     code = "store.unavailable"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        store: str | None = None,
-        key: str | None = None,
-        retryable: bool = True,
-    ) -> None:
-        self.retryable = retryable
-        super().__init__(message, store=store, key=key)
+
+class DeadlineExceeded(Unavailable):
+    """A write did not commit within its deadline and was abandoned: it will not
+    commit later (docs/stores.md, "Deadlines")."""
+
+    code = "store.deadline_exceeded"
 
 
 class Corrupt(StoreError):
-    """Stored data failed its check (sha256 mismatch, missing blob, unreadable record).
-
-    The store never returns bytes that fail verification; it raises this instead."""
+    """Stored data failed its check (sha256 mismatch, missing version object,
+    unreadable record). The store never returns bytes that fail verification."""
 
     code = "store.corrupt"
+
+
+class NeedsMigration(StoreError):
+    """The store holds records of the store v1 layout; convert it with
+    ``python -m pemn store migrate URL``."""
+
+    code = "store.needs_migration"
 
 
 class StoreConfigError(StoreError, ValueError):

@@ -2,36 +2,36 @@
 
 Layout under the root (docs/stores.md)::
 
-    epoch                          decimal text, the change counter
-    lock                           empty; writers hold flock(LOCK_EX) on it
-    heads/<name>.json              head record per name
-    blobs/sha256/<hex[:2]>/<hex>   bundle bytes
-    refs/<hex>/<name>              empty marker: <name> uses blob <hex>
-    tmp/                           files being written (same file system, for rename)
+    heads/<name>/<rev>        head records, rev as 12 digits; the highest one is the head
+    versions/<name>/<n>       version objects, n as 12 digits
+    tmp/                      files being written (same file system, for link)
 
-Every file is written to ``tmp/``, fsynced, renamed into place and its directory
-fsynced, so a reader sees the old file or the new one, never a partial one. Writers
-(threads or processes on this host) serialise on the flock; readers take no lock.
-Blocking file calls run in worker threads.
+Every file is written to ``tmp/`` and fsynced, then put in place with ``link()``,
+which fails when the target exists: that is the conditional create of version
+objects, and of head revisions, so swapping the head read at rev ``r`` is creating
+rev ``r + 1``. A revision is removed only when it is older than twice the longest
+write deadline (``MAX_WRITE_TIMEOUT``): a writer still holding the rev before it
+has given up by then, so ``r + 1`` cannot be created twice. No file is ever locked
+or rewritten; a writer killed anywhere leaves at most a temp file or an unused
+version object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import hashlib
 import os
-import random
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pemn.store.backend import LockedBackend
-from pemn.store.errors import Corrupt, StoreConfigError, Unavailable
-from pemn.store.names import NAME_RE, content_hex
-from pemn.store.options import FileConfig, StoreOptions
+from pemn.store.backend import Backend
+from pemn.store.errors import DeadlineExceeded, StoreConfigError, Unavailable
+from pemn.store.names import NAME_RE
+from pemn.store.options import MAX_WRITE_TIMEOUT, FileConfig, StoreOptions
 
 __all__ = ["FileBackend"]
 
@@ -39,56 +39,46 @@ T = TypeVar("T")
 _STALE_TMP_SECONDS = 3600
 
 
-class FileBackend(LockedBackend):
+def _revs(d: Path | str) -> list[int]:
+    try:
+        return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+class FileBackend(Backend):
     def __init__(self, display: str, config: FileConfig, options: StoreOptions) -> None:
-        super().__init__()
         self.display = display
         self.root = config.root
         self._fsync = config.fsync
-        self._lock_timeout = options.lock_timeout
-        self._heads = self.root / "heads"
-        self._blobs = self.root / "blobs" / "sha256"
-        self._refs = self.root / "refs"
-        self._tmp = self.root / "tmp"
+        self._heads, self._versions, self._tmp = (
+            self.root / d for d in ("heads", "versions", "tmp")
+        )
         if not self.root.is_dir() and not config.create:
             raise StoreConfigError(
                 "the store directory does not exist (create=false)", store=display
             )
         try:
-            for d in (self._heads, self._blobs, self._refs, self._tmp):
+            for d in (self._heads, self._versions, self._tmp):
                 d.mkdir(parents=True, exist_ok=True)
-            (self.root / "lock").touch(exist_ok=True)
         except OSError as exc:
             raise StoreConfigError(
                 f"cannot create the store directory: {exc}", store=display
             ) from exc
-        self._clean_tmp()
-
-    def _clean_tmp(self) -> None:
-        """Remove temp files a crashed writer left behind (older than an hour)."""
-        cutoff = time.time() - _STALE_TMP_SECONDS
+        cutoff = time.time() - _STALE_TMP_SECONDS  # temp files of writers that died
         for p in self._tmp.iterdir():
             with contextlib.suppress(OSError):
                 if p.stat().st_mtime < cutoff:
                     p.unlink()
 
-    # ---------------------------------------------------------------- helpers
-    async def _io(self, key: Path, fn: Callable[[], T]) -> T:
+    async def _io(self, key: str, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in a thread; an OSError becomes ``Unavailable``."""
         try:
             return await asyncio.to_thread(fn)
         except OSError as exc:
-            rel = key.relative_to(self.root) if key.is_relative_to(self.root) else key
             raise Unavailable(
-                f"file system error: {exc.strerror or exc}", store=self.display, key=str(rel)
+                f"file system error: {exc.strerror or exc}", store=self.display, key=key
             ) from exc
-
-    def _head_path(self, name: str) -> Path:
-        return self._heads / f"{name}.json"
-
-    def _blob_path(self, cid: str) -> Path:
-        h = content_hex(cid)
-        return self._blobs / h[:2] / h
 
     def _sync_dir(self, path: Path) -> None:
         if self._fsync:
@@ -98,161 +88,108 @@ class FileBackend(LockedBackend):
             finally:
                 os.close(fd)
 
-    def _write_file(self, path: Path, data: bytes) -> None:
-        """Atomically replace ``path`` with ``data`` (temp file, fsync, rename, fsync dir)."""
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._sync_dir(path.parent.parent)
-        tmp = self._tmp / f"{path.name}.{uuid.uuid4().hex}"
+    def _place(self, data: bytes, target: Path, deadline: float | None = None) -> bool:
+        """Create ``target`` holding ``data`` unless it exists (then False)."""
+        tmp = self._tmp / uuid.uuid4().hex
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 if self._fsync:
                     os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
+            if not target.parent.is_dir():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._sync_dir(target.parent.parent)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    "no commit within its deadline; abandoned",
+                    store=self.display,
+                    key=target.parent.name,
+                )
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            self._sync_dir(target.parent)
+            return True
+        finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise
-        self._sync_dir(path.parent)
 
-    def _unlink(self, path: Path, durable: bool = True) -> None:
-        """Remove ``path``; ``durable`` also fsyncs the directory (needed for a head,
-        whose removal must be on disk before its blobs' removal can be; a blob or
-        ref that reappears after a crash is only a leak)."""
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            if durable:
-                self._sync_dir(path.parent)
+    def _read_head(self, name: str) -> tuple[bytes | None, Any]:
+        d = self._heads / name
+        for _ in range(5):
+            revs = _revs(d)
+            if not revs:
+                v1 = self._heads / f"{name}.json"  # a store v1 record: decoding says so
+                return (v1.read_bytes() if v1.is_file() else None), None
+            with contextlib.suppress(FileNotFoundError):  # removed by a newer swap: look again
+                return (d / f"{revs[-1]:012d}").read_bytes(), revs[-1]
+        raise Unavailable("the head kept changing while reading it", store=self.display, key=name)
 
-    @staticmethod
-    def _read(path: Path) -> bytes | None:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    # ---------------------------------------------------------------- readers
-    async def read_head(self, name: str) -> bytes | None:
-        path = self._head_path(name)
-        return await self._io(path, lambda: self._read(path))
+    async def read_head(self, name: str) -> tuple[bytes | None, Any]:
+        return await self._io(name, lambda: self._read_head(name))
 
     async def read_heads(self) -> dict[str, bytes]:
         def scan() -> dict[str, bytes]:
             out = {}
             for entry in os.scandir(self._heads):
                 name = entry.name.removesuffix(".json")
-                if entry.name.endswith(".json") and NAME_RE.fullmatch(name):
-                    raw = self._read(Path(entry.path))
-                    if raw is not None:  # deleted since the scan: skip
-                        out[name] = raw
+                raw = self._read_head(name)[0] if NAME_RE.fullmatch(name) else None
+                if raw is not None:
+                    out[name] = raw
             return out
 
-        return await self._io(self._heads, scan)
+        return await self._io("heads", scan)
 
-    async def read_blob(self, cid: str) -> bytes | None:
-        path = self._blob_path(cid)
-        return await self._io(path, lambda: self._read(path))
+    async def swap_head(self, name: str, token: Any, record: bytes, deadline: float) -> bool:
+        rev = (token or 0) + 1
+        d = self._heads / name
 
-    async def read_epoch(self) -> int:
-        path = self.root / "epoch"
-        raw = await self._io(path, lambda: self._read(path))
-        try:
-            return int(raw) if raw else 0
-        except ValueError:
-            raise Corrupt(
-                f"unreadable epoch file {raw!r:.60}", store=self.display, key="epoch"
-            ) from None
+        def swap() -> bool:
+            if not self._place(record, d / f"{rev:012d}", deadline):
+                return False
+            cutoff = time.time() - 2 * MAX_WRITE_TIMEOUT
+            for r in _revs(d)[:-1]:
+                with contextlib.suppress(FileNotFoundError):
+                    if (d / f"{r:012d}").stat().st_mtime < cutoff:
+                        (d / f"{r:012d}").unlink()
+            return True
 
-    # ---------------------------------------------------------------- writers
-    async def _acquire(self) -> int:
-        path = self.root / "lock"
-        fd = await self._io(path, lambda: os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
-        deadline = time.monotonic() + self._lock_timeout
-        while True:
+        return await self._io(name, swap)
+
+    async def create_version(self, name: str, version: int, data: bytes) -> bool:
+        target = self._versions / name / f"{version:012d}"
+        return await self._io(f"{name}@{version}", lambda: self._place(data, target))
+
+    async def read_version(self, name: str, version: int) -> bytes | None:
+        path = self._versions / name / f"{version:012d}"
+
+        def read() -> bytes | None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise Unavailable(
-                        f"another writer held the write lock for more than {self._lock_timeout}s",
-                        store=self.display,
-                        key="lock",
-                        retryable=False,
-                    ) from None
-                await asyncio.sleep(0.002 + random.random() * 0.01)
-            except OSError as exc:
-                os.close(fd)
-                raise Unavailable(
-                    f"cannot lock: {exc.strerror}", store=self.display, key="lock"
-                ) from exc
-
-    async def _release(self, lock: Any) -> None:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-        finally:
-            os.close(lock)
-
-    async def _txn_read_epoch(self) -> tuple[int, Any]:
-        return await self.read_epoch(), None
-
-    async def _txn_read_head(self, name: str) -> tuple[bytes | None, Any]:
-        return await self.read_head(name), None
-
-    async def _ref_names(self, cid: str) -> set[str]:
-        d = self._refs / content_hex(cid)
-
-        def scan() -> set[str]:
-            try:
-                return {n for n in os.listdir(d) if NAME_RE.fullmatch(n)}
+                return path.read_bytes()
             except FileNotFoundError:
-                return set()
+                return None
 
-        return await self._io(d, scan)
+        return await self._io(f"{name}@{version}", read)
 
-    async def _write_blob(self, cid: str, data: bytes) -> None:
-        path = self._blob_path(cid)
-        await self._io(path, lambda: self._write_file(path, data))
-
-    async def _write_head(self, name: str, record: bytes | None, token: Any) -> None:
-        path = self._head_path(name)
-        if record is None:
-            await self._io(path, lambda: self._unlink(path))
-        else:
-            await self._io(path, lambda: self._write_file(path, record))
-
-    async def _write_epoch(self, epoch: int, token: Any) -> None:
-        path = self.root / "epoch"
-        await self._io(path, lambda: self._write_file(path, b"%d\n" % epoch))
-
-    async def _add_ref(self, cid: str, name: str) -> None:
-        path = self._refs / content_hex(cid) / name
-
-        def create() -> None:  # an empty marker: no data to fsync, only its directory
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._sync_dir(path.parent.parent)
-            path.touch(exist_ok=True)
-            self._sync_dir(path.parent)
-
-        await self._io(path, create)
-
-    async def _remove_ref(self, cid: str, name: str) -> None:
-        path = self._refs / content_hex(cid) / name
-
+    async def delete_versions(self, name: str, versions: list[int]) -> None:
         def remove() -> None:
-            self._unlink(path, durable=False)
-            with contextlib.suppress(OSError):  # not empty or already gone
-                path.parent.rmdir()
+            for v in versions:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._versions / name / f"{v:012d}").unlink()
 
-        await self._io(path, remove)
+        await self._io(name, remove)
 
-    async def _delete_blob(self, cid: str) -> None:
-        path = self._blob_path(cid)
-        await self._io(path, lambda: self._unlink(path, durable=False))
+    async def marker(self) -> str:
+        def scan() -> str:
+            h = hashlib.sha256()
+            for entry in sorted(os.scandir(self._heads), key=lambda e: e.name):
+                revs = _revs(entry.path) if entry.is_dir() else [entry.stat().st_mtime_ns]
+                h.update(f"{entry.name}={revs[-1] if revs else 0};".encode())
+            return h.hexdigest()[:32]
+
+        return await self._io("heads", scan)
 
     async def aclose(self) -> None:
         return None

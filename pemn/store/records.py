@@ -1,81 +1,68 @@
-"""What the stores return, and the *head* record every backend keeps per name.
+"""What the stores return, and the two records every backend keeps (pydantic models).
 
-The head of a name is one small JSON document, written atomically as a whole (the
-"name -> version pointer"). Schema ``pemn.store.head/1``::
+Per name, a backend keeps immutable **version objects** (written once, with a
+conditional create) and one **head**, the latest pointer, moved by compare-and-swap.
 
-    {"schema": "pemn.store.head/1",
-     "name": "<name>",
+Head, schema ``pemn.store.head/2`` (canonical JSON)::
+
+    {"schema": "pemn.store.head/2", "name": "<name>", "rev": 7, "top": 5, "latest": 4,
      "versions": [{"version": 3, "content_id": "sha256:...", "size": 1234,
-                   "created_at": "2025-01-01T12:00:00.000000Z"}, ...],   # ascending
-     "summary": {...}}          # the bundle summary of the latest version
+                   "created_at": "2026-01-01T12:00:00.000000Z"}, ...],     # retained, ascending
+     "summary": {...}}                                 # bundle summary of version `latest`
 
-Only retained versions are listed; the last entry is the latest. Its summary is
-saved at put time, so listing names never reads a blob.
+``rev`` grows by one with every move; ``top`` is the highest version number ever
+allocated (numbers are never reused, not even after a delete); ``latest`` is the
+version the pointer designates (``null`` after a delete: a tombstone, which keeps
+``top``). Version object: one line of JSON (``VersionRecord``), ``\\n``, the bundle bytes.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from pemn.store.names import CONTENT_ID_RE, NAME_RE
 
 __all__ = [
     "HEAD_SCHEMA",
+    "VERSION_SCHEMA",
     "Head",
     "NameInfo",
     "PutResult",
     "StoredBundle",
     "VersionInfo",
+    "VersionRecord",
     "decode_head",
-    "encode_head",
+    "decode_version",
+    "encode_version",
 ]
 
-HEAD_SCHEMA = "pemn.store.head/1"
+HEAD_SCHEMA = "pemn.store.head/2"
+VERSION_SCHEMA = "pemn.store.version/2"
+_CID = Field(pattern=CONTENT_ID_RE.pattern)
+_NAME = Field(pattern=f"^{NAME_RE.pattern}$")
 
 
-@dataclass(frozen=True)
-class VersionInfo:
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_serializer("created_at", check_fields=False)
+    def _utc(self, t: datetime) -> str:
+        return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class VersionInfo(_Record):
     """One retained version of a name."""
 
-    version: int
-    content_id: str
-    size: int
+    version: int = Field(ge=1)
+    content_id: str = _CID
+    size: int = Field(ge=0)
     created_at: datetime
 
 
-@dataclass(frozen=True)
-class PutResult:
-    """The outcome of ``put``. ``created`` is False when the bytes equal the latest
-    version (nothing written, no new version); ``epoch`` is the store epoch after it."""
-
-    name: str
-    version: int
-    content_id: str
-    size: int
-    created: bool
-    epoch: int
-
-
-@dataclass(frozen=True)
-class StoredBundle:
-    """Verified bundle bytes of one version of a name."""
-
-    name: str
-    version: int
-    content_id: str
-    data: bytes = field(repr=False)
-    created_at: datetime
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-
-@dataclass(frozen=True)
-class NameInfo:
+class NameInfo(_Record):
     """A name, its latest version and that version's bundle summary."""
 
     name: str
@@ -87,99 +74,99 @@ class NameInfo:
     versions: int  # how many versions are retained
 
 
-@dataclass(frozen=True)
-class Head:
-    """The parsed head record of a name (at least one version)."""
+class PutResult(NameInfo):
+    """The outcome of ``put``: the name's new state. ``created`` is False when the
+    bytes already were the latest version (nothing written)."""
+
+    created: bool
+
+
+class StoredBundle(_Record):
+    """Verified bundle bytes of one version of a name."""
 
     name: str
-    versions: tuple[VersionInfo, ...]
-    summary: dict[str, Any]
+    version: int
+    content_id: str
+    data: bytes = Field(repr=False)
+    created_at: datetime
 
     @property
-    def latest(self) -> VersionInfo:
-        return self.versions[-1]
+    def size(self) -> int:
+        return len(self.data)
 
-    def find(self, version: int) -> VersionInfo | None:
-        for v in self.versions:
-            if v.version == version:
-                return v
-        return None
 
-    def info(self) -> NameInfo:
-        last = self.latest
-        return NameInfo(
-            name=self.name,
-            version=last.version,
-            content_id=last.content_id,
-            size=last.size,
-            created_at=last.created_at,
-            summary=self.summary,
-            versions=len(self.versions),
+class VersionRecord(_Record):
+    """The metadata line of a version object."""
+
+    schema_: Literal["pemn.store.version/2"] = Field("pemn.store.version/2", alias="schema")
+    name: str = _NAME
+    version: int = Field(ge=1)
+    content_id: str = _CID
+    size: int = Field(ge=0)
+    created_at: datetime
+    summary: dict[str, Any]
+
+    def info(self) -> VersionInfo:
+        return VersionInfo(
+            **self.model_dump(include={"version", "content_id", "size", "created_at"})
         )
 
 
-def _time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class Head(_Record):
+    """The latest pointer of a name (``latest`` None: the name was deleted)."""
 
+    schema_: Literal["pemn.store.head/2"] = Field("pemn.store.head/2", alias="schema")
+    name: str = _NAME
+    rev: int = Field(ge=1)
+    top: int = Field(ge=0)
+    latest: int | None
+    versions: tuple[VersionInfo, ...]
+    summary: dict[str, Any] | None
 
-def encode_head(head: Head) -> bytes:
-    """Canonical JSON bytes of a head record."""
-    doc = {
-        "schema": HEAD_SCHEMA,
-        "name": head.name,
-        "versions": [
-            {
-                "version": v.version,
-                "content_id": v.content_id,
-                "size": v.size,
-                "created_at": _time(v.created_at),
-            }
-            for v in head.versions
-        ],
-        "summary": head.summary,
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    def find(self, version: int) -> VersionInfo | None:
+        return next((v for v in self.versions if v.version == version), None)
+
+    def info(self) -> NameInfo | None:
+        cur = None if self.latest is None else self.find(self.latest)
+        if cur is None or self.summary is None:
+            return None
+        return NameInfo(
+            name=self.name, **cur.model_dump(), summary=self.summary, versions=len(self.versions)
+        )
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
 
 
 def decode_head(raw: bytes, name: str) -> Head:
-    """Parse and check a head record stored under ``name``.
-
-    Raises ``ValueError`` naming the problem; the caller turns it into ``Corrupt``."""
+    """Parse a head stored under ``name``; ``ValueError`` names the problem, and
+    ``LookupError`` means a store v1 record (``pemn.store.head/1``)."""
+    if b'"schema":"pemn.store.head/1"' in raw:
+        raise LookupError("pemn.store.head/1")
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"head record is not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != HEAD_SCHEMA:
-        raise ValueError(f"head record does not have schema {HEAD_SCHEMA!r}")
-    if doc.get("name") != name or NAME_RE.fullmatch(name) is None:
-        raise ValueError(f"head record names {doc.get('name')!r}, not {name!r}")
-    versions = doc.get("versions")
-    summary = doc.get("summary")
-    if not isinstance(versions, list) or not versions or not isinstance(summary, dict):
-        raise ValueError("head record has no versions or no summary")
-    out: list[VersionInfo] = []
-    for v in versions:
-        try:
-            info = VersionInfo(
-                version=v["version"],
-                content_id=v["content_id"],
-                size=v["size"],
-                created_at=datetime.strptime(v["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                    tzinfo=UTC
-                ),
-            )
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"head record has a malformed version entry {v!r}") from None
-        if (
-            not isinstance(info.version, int)
-            or isinstance(info.version, bool)
-            or info.version < 1
-            or (out and info.version <= out[-1].version)
-            or not isinstance(info.content_id, str)
-            or CONTENT_ID_RE.fullmatch(info.content_id) is None
-            or not isinstance(info.size, int)
-            or info.size < 0
-        ):
-            raise ValueError(f"head record has an invalid version entry {v!r}")
-        out.append(info)
-    return Head(name=name, versions=tuple(out), summary=summary)
+        head = Head.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(f"unreadable head record ({_first(exc)})") from None
+    if head.name != name or (head.latest is not None and head.find(head.latest) is None):
+        raise ValueError(f"head record for {head.name!r} does not fit name {name!r}")
+    return head
+
+
+def encode_version(record: VersionRecord, data: bytes) -> bytes:
+    return record.model_dump_json(by_alias=True).encode() + b"\n" + data
+
+
+def decode_version(raw: bytes) -> tuple[VersionRecord, bytes]:
+    line, sep, data = raw.partition(b"\n")
+    try:
+        if not sep:
+            raise ValueError("no record line")
+        return VersionRecord.model_validate_json(line), data
+    except (ValidationError, ValueError) as exc:
+        why = _first(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ValueError(f"unreadable version object ({why})") from None
+
+
+def _first(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"

@@ -2,81 +2,66 @@
 
 Key layout (docs/stores.md), ``P`` the prefix (default ``pemn``)::
 
-    P:epoch          integer (INCR), the change counter
-    P:heads          hash: name -> head record (so listing is one HGETALL snapshot)
-    P:blob:<hex>     string: bundle bytes
-    P:refs:<hex>     set of names that use blob <hex>
-    P:events         pub/sub channel: {"epoch": n, "names": [...]} after each change
+    P:heads            hash: name -> head record (listing is one HGETALL snapshot)
+    P:v:<name>:<n>     string: version object, created with SET NX
+    P:changes          integer: the change marker (starts at a random value)
+    P:events           pub/sub channel: the name, after each swap
 
-A write is one optimistic transaction: WATCH ``P:epoch``, read through the watched
-connection, then MULTI / blob SET / ref SADD / head HSET / INCR epoch / SREM / DEL /
-PUBLISH / EXEC. Every write increments the epoch, so watching that one key makes
-EXEC fail if *any* write committed in between; the transaction is then recomputed.
-Readers see the state before or after a transaction, never a part of one.
+A head swap is one short Lua script (``_SWAP``): if the stored head still equals the
+bytes this writer read, and the Redis clock is before the writer's deadline, it sets
+the new head, increments ``P:changes`` and publishes, atomically. The deadline is
+carried into the Redis clock from the ``TIME`` read beside the head, so a swap that
+reaches Redis after its writer gave up (a frozen or slow server) is refused there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    RedisError,
-    ResponseError,
-    WatchError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import RedisError, ResponseError
 
-from pemn.store.backend import Backend, Hint, Txn
-from pemn.store.errors import StoreError, Unavailable
-from pemn.store.names import content_hex
+from pemn.store.backend import Backend, Hint
+from pemn.store.errors import DeadlineExceeded, StoreError, Unavailable
 from pemn.store.options import RedisConfig, StoreOptions
 
 __all__ = ["RedisBackend"]
 
 log = logging.getLogger("pemn.store")
 T = TypeVar("T")
-_CONTENTION_ATTEMPTS = 200  # optimistic rounds before giving up (Unavailable)
-_TRANSIENT = ("LOADING", "READONLY", "OOM", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+_SCRIPT_ERRORS = ("NOSCRIPT", "ERR Error running script", "ERR user_script", "WRONGTYPE")
 
-
-def _bytes(value: object) -> bytes | None:
-    """A reply as bytes (the client does not decode responses)."""
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise TypeError(f"unexpected Redis reply {type(value).__name__}")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+# KEYS: heads, changes; ARGV: name, expected ("" = absent), new, deadline_us, channel, seed
+_SWAP = """
+if tonumber(ARGV[4]) > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= tonumber(ARGV[4]) then return -1 end
+end
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[6]) end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[5], ARGV[1])
+return 1
+"""
 
 
 class RedisBackend(Backend):
+    server_deadline = True
+
     def __init__(self, display: str, config: RedisConfig, options: StoreOptions) -> None:
         self.display = display
-        p = config.prefix
-        self.prefix = p
-        self.k_epoch = f"{p}:epoch"
-        self.k_heads = f"{p}:heads"
-        self.channel = f"{p}:events"
-        # Retries are the store's job (bounded, with backoff, only where safe), so
-        # the client makes exactly one attempt per command.
+        p = self.prefix = config.prefix
+        self.k_heads, self.k_changes, self.channel = f"{p}:heads", f"{p}:changes", f"{p}:events"
+        # Retries are the store's job (bounded, only where safe): one attempt per command.
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             config.url,
             socket_timeout=options.timeout,
@@ -84,89 +69,70 @@ class RedisBackend(Backend):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
         )
+        self._swap = self._client.register_script(_SWAP)
 
-    def k_blob(self, cid: str) -> str:
-        return f"{self.prefix}:blob:{content_hex(cid)}"
+    def k_version(self, name: str, version: int) -> str:
+        return f"{self.prefix}:v:{name}:{version}"
 
-    def k_refs(self, cid: str) -> str:
-        return f"{self.prefix}:refs:{content_hex(cid)}"
-
-    async def _call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis call; connection trouble becomes ``Unavailable``."""
+    async def _call(self, key: str, what: Awaitable[T]) -> T:
+        """Await a Redis call; anything but a script error becomes ``Unavailable``."""
         try:
-            return await fn()
-        except WatchError:
-            raise
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-            raise Unavailable(
-                f"Redis not reachable: {exc or type(exc).__name__}", store=self.display, key=key
-            ) from exc
+            return await what
         except ResponseError as exc:
-            if str(exc).startswith(_TRANSIENT):
-                raise Unavailable(f"Redis refused: {exc}", store=self.display, key=key) from exc
-            raise StoreError(f"Redis error: {exc}", store=self.display, key=key) from exc
-        except RedisError as exc:
-            raise StoreError(f"Redis error: {exc}", store=self.display, key=key) from exc
+            if str(exc).startswith(_SCRIPT_ERRORS):
+                raise StoreError(f"Redis refused: {exc}", store=self.display, key=key) from exc
+            raise Unavailable(f"Redis refused: {exc}", store=self.display, key=key) from exc
+        except (RedisError, OSError, TimeoutError, EOFError) as exc:
+            # Pooled connections to a server that went away are all dead: drop the
+            # idle ones now, so that the next calls connect afresh.
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            why = str(exc) or type(exc).__name__
+            raise Unavailable(f"Redis not reachable: {why}", store=self.display, key=key) from exc
 
-    # ---------------------------------------------------------------- readers
-    async def read_head(self, name: str) -> bytes | None:
-        return _bytes(await self._call(self.k_heads, lambda: self._client.hget(self.k_heads, name)))
+    async def read_head(self, name: str) -> tuple[bytes | None, Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hget(self.k_heads, name)
+            (sec, usec), raw = await self._call(name, pipe.execute())
+        # The token: the bytes read, and the Redis clock against ours at that moment.
+        return raw, (raw or b"", sec * 1_000_000 + usec, time.monotonic())
 
     async def read_heads(self) -> dict[str, bytes]:
-        raw = await self._call(self.k_heads, lambda: self._client.hgetall(self.k_heads))
-        return {_text(k): _bytes(v) or b"" for k, v in raw.items()}
+        raw: dict[bytes, bytes] = await self._call(self.k_heads, self._client.hgetall(self.k_heads))  # type: ignore[arg-type]
+        return {k.decode(): v for k, v in raw.items()}
 
-    async def read_blob(self, cid: str) -> bytes | None:
-        key = self.k_blob(cid)
-        return _bytes(await self._call(key, lambda: self._client.get(key)))
+    async def swap_head(self, name: str, token: Any, record: bytes, deadline: float) -> bool:
+        expected, redis_us, ours = token
+        # Redis read its clock no later than we got the reply (``ours``): a deadline
+        # in its clock this far after that reading is never later than ours.
+        until = redis_us + int((deadline - ours) * 1_000_000)
+        args = [name, expected, record, until, self.channel, random.randrange(1 << 48)]
+        done = await self._call(name, self._swap(keys=[self.k_heads, self.k_changes], args=args))
+        if done == -1:
+            raise DeadlineExceeded(
+                "Redis received the commit after its deadline and refused it",
+                store=self.display,
+                key=name,
+            )
+        return bool(done == 1)
 
-    async def read_epoch(self) -> int:
-        raw = await self._call(self.k_epoch, lambda: self._client.get(self.k_epoch))
-        return int(raw) if raw else 0
+    async def create_version(self, name: str, version: int, data: bytes) -> bool:
+        key = self.k_version(name, version)
+        return bool(await self._call(key, self._client.set(key, data, nx=True)))
 
-    # ---------------------------------------------------------------- writers
-    async def transact(self, fn: Callable[[Txn], Awaitable[T]]) -> tuple[T, int]:
-        for _ in range(_CONTENTION_ATTEMPTS):
-            try:
-                return await self._call(self.k_epoch, lambda: self._transact_once(fn))
-            except WatchError:
-                await asyncio.sleep(random.random() * 0.01)
-        raise Unavailable(
-            f"gave up after {_CONTENTION_ATTEMPTS} rounds of write contention",
-            store=self.display,
-            key=self.k_epoch,
-            retryable=False,
-        )
+    async def read_version(self, name: str, version: int) -> bytes | None:
+        key = self.k_version(name, version)
+        raw: bytes | None = await self._call(key, self._client.get(key))  # type: ignore[arg-type]
+        return raw
 
-    async def _transact_once(self, fn: Callable[[Txn], Awaitable[T]]) -> tuple[T, int]:
-        async with self._client.pipeline(transaction=True) as pipe:
-            await pipe.watch(self.k_epoch)
-            txn = _RedisTxn(self, pipe)
-            result = await fn(txn)
-            epoch = await txn.epoch()
-            c = txn.changes
-            if not c:
-                return result, epoch
-            pipe.multi()
-            for cid, name in sorted(c.add_refs):
-                pipe.sadd(self.k_refs(cid), name)
-            for cid, data in c.blobs.items():
-                pipe.set(self.k_blob(cid), data)
-            for name, record in c.heads.items():
-                if record is None:
-                    pipe.hdel(self.k_heads, name)
-                else:
-                    pipe.hset(self.k_heads, name, record)
-            pipe.incr(self.k_epoch)
-            at = len(pipe.command_stack) - 1  # MULTI is not in the stack
-            for cid, name in sorted(c.remove_refs):
-                pipe.srem(self.k_refs(cid), name)
-            for cid in sorted(c.delete_blobs):
-                pipe.delete(self.k_blob(cid))
-            message = {"epoch": epoch + 1, "names": sorted(c.heads)}
-            pipe.publish(self.channel, json.dumps(message))
-            results = await pipe.execute()
-            return result, int(results[at])
+    async def delete_versions(self, name: str, versions: list[int]) -> None:
+        keys = [self.k_version(name, v) for v in versions]
+        await self._call(name, self._client.delete(*keys))
+
+    async def marker(self) -> str:
+        raw = await self._call(self.k_changes, self._client.get(self.k_changes))
+        return raw.decode() if isinstance(raw, bytes) else "0"
 
     async def open_hint(self) -> Hint:
         return _RedisHint(self._client, self.channel, self.display)
@@ -175,38 +141,16 @@ class RedisBackend(Backend):
         await self._client.aclose()
 
 
-class _RedisTxn(Txn):
-    def __init__(self, backend: RedisBackend, pipe: Pipeline) -> None:
-        super().__init__()
-        self._b = backend
-        self._pipe = pipe
-        self._epoch: int | None = None
-
-    async def epoch(self) -> int:
-        if self._epoch is None:
-            raw = await self._pipe.get(self._b.k_epoch)
-            self._epoch = int(raw) if raw else 0
-        return self._epoch
-
-    async def head(self, name: str) -> bytes | None:
-        return _bytes(await self._pipe.hget(self._b.k_heads, name))
-
-    async def ref_names(self, cid: str) -> set[str]:
-        raw = await self._pipe.smembers(self._b.k_refs(cid))
-        return {_text(n) for n in raw}
+_CLOSE_TIMEOUT = 1.0  # seconds a pub/sub connection may take to close
 
 
 class _RedisHint(Hint):
     """Subscribes to the events channel in a task; re-subscribes after an outage.
-
-    The event is set on every message and after every (re)subscription, so the
-    watcher re-reads the epoch when it may have missed messages."""
+    The event is set on every message and after every (re)subscription."""
 
     def __init__(self, client: aioredis.Redis, channel: str, display: str) -> None:
         super().__init__()
-        self._client = client
-        self._channel = channel
-        self._display = display
+        self._client, self._channel, self._display = client, channel, display
         self._task = asyncio.create_task(self._run(), name=f"pemn.store hint {channel}")
 
     async def _run(self) -> None:
@@ -226,12 +170,13 @@ class _RedisHint(Hint):
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("store %s: pub/sub lost (%s); resubscribing", self._display, exc)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                # bounded: closing a pub/sub whose link died mid-read can wait on it
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), _CLOSE_TIMEOUT)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
     async def aclose(self) -> None:
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # never hang the watcher's exit on the subscriber task (see above)
+        await asyncio.wait({self._task}, timeout=2 * _CLOSE_TIMEOUT)

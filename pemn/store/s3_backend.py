@@ -1,384 +1,145 @@
-"""The S3-compatible backend (``s3://bucket/prefix?endpoint_url=...``), on boto3.
+"""The S3-compatible backend (``s3://bucket/prefix?endpoint_url=...``), on obstore.
 
-Key layout (docs/stores.md), ``P/`` the key prefix (empty for none)::
+Key layout under the prefix ``P/`` (docs/stores.md)::
 
-    P/epoch                     {"epoch": n}, the change counter
-    P/lock                      the write lock (a lease, below)
-    P/heads/<name>.json         head record per name
-    P/blobs/sha256/<hex>        bundle bytes
-    P/refs/<hex>/<name>         empty marker: <name> uses blob <hex>
+    P/heads/<name>.json       head record, swapped with PutObject If-Match: <its ETag>
+                              (If-None-Match: * for a name without one)
+    P/versions/<name>/<n>     version objects, n as 12 digits, PutObject If-None-Match: *
 
-S3 has no multi-object transaction, so writers serialise on a lease kept in
-``P/lock`` with conditional writes (``If-None-Match: *`` to create it, ``If-Match:
-<etag>`` to take over a released or expired one, or to release it), and commit in
-the order of ``pemn.store.backend``: blob first, then the head (the pointer), then
-the epoch. A lease expires ``lock_ttl`` seconds after its last write, judged by the
-server's own clock (its ``Date`` header against the object's ``LastModified``); a
-holder stops committing once half its lease has passed. Heads and the epoch are
-also written conditionally on the ETag read under the lock, so a writer that lost
-its lease fails instead of overwriting. The server must support conditional
-writes (AWS S3, MinIO, Ceph RGW and moto do).
-
-boto3 is synchronous: each call runs in a worker thread.
+The change marker is a digest of the ETags in one listing of ``P/heads/`` (a request
+per 1,000 names); there is no push hint. obstore's client is asynchronous (Rust), so
+no call blocks a thread. The server must support conditional writes (AWS S3, MinIO,
+Ceph RGW and moto do). Credentials: the URL options, else the usual ``AWS_*``
+environment variables and instance metadata.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
-import math
-import os
-import random
-import socket
-import threading
+import hashlib
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from pemn.store.backend import LockedBackend
-from pemn.store.errors import Corrupt, StoreConfigError, StoreError, Unavailable
-from pemn.store.names import NAME_RE, content_hex
+from pemn.store.backend import Backend
+from pemn.store.errors import DeadlineExceeded, StoreConfigError, Unavailable
+from pemn.store.names import NAME_RE
 from pemn.store.options import S3Config, StoreOptions
 
-__all__ = ["S3Backend", "boto3_session"]
+__all__ = ["S3Backend"]
 
-log = logging.getLogger("pemn.store")
 T = TypeVar("T")
-_MAX_POLL = 0.1  # s, longest pause of a waiter between two looks (times 0.5-1.5 jitter)
-_HANDOFF = 0.2  # s a client leaves the lock to a waiter before taking it again (> a poll)
-_HANDOFF_WINDOW = 2.0  # s a "lock.waiting" announcement counts (LastModified has 1 s steps)
-_LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict")
-_TRANSIENT = (
-    "SlowDown",
-    "RequestTimeout",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeTooSkewed",
-)
 
 
-_loader_lock = threading.Lock()
-_loader: Any = None
-
-
-def boto3_session(**kwargs: Any) -> Any:
-    """A ``boto3.session.Session(**kwargs)`` sharing one botocore data loader per
-    process, so that a client after the first is built in milliseconds, not 0.2 s."""
-    global _loader
-    import boto3
-    import botocore.loaders
-    import botocore.session
-
-    with _loader_lock:
-        if _loader is None:
-            _loader = botocore.loaders.create_loader()
-        core = botocore.session.Session()
-        core.register_component("data_loader", _loader)
-    return boto3.session.Session(botocore_session=core, **kwargs)
-
-
-class _LostRace(Exception):
-    """A conditional write found the object changed (412 / 409)."""
-
-
-@dataclass
-class _Lease:
-    owner: str
-    etag: str
-    since: float  # time.monotonic() just before the write that took it
-
-
-class S3Backend(LockedBackend):
+class S3Backend(Backend):
     def __init__(self, display: str, config: S3Config, options: StoreOptions) -> None:
-        super().__init__()
         try:
-            from botocore.config import Config
+            import obstore
+            from obstore import exceptions
+            from obstore.store import S3Store
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise StoreConfigError(
-                "the s3 backend needs boto3: pip install 'pemn-serve[s3]'", store=display
+                "the s3 backend needs obstore: pip install 'pemn-serve[s3]'", store=display
             ) from exc
         self.display = display
-        self.bucket = config.bucket
-        self._p = f"{config.prefix}/" if config.prefix else ""
-        self._ttl = config.lock_ttl
-        self._lock_timeout = options.lock_timeout
-        self._released: str | None = None  # ETag of the lock object this client released
-        self._released_at = -math.inf
-        session = boto3_session(
-            aws_access_key_id=config.aws_access_key_id,
-            aws_secret_access_key=config.aws_secret_access_key,
-            aws_session_token=config.aws_session_token,
-            region_name=config.region or "us-east-1",
-        )
-        s3: dict[str, Any] = {}
-        if config.addressing_style or config.endpoint_url:
-            s3["addressing_style"] = config.addressing_style or "path"
-        self._client = session.client(
-            "s3",
-            endpoint_url=config.endpoint_url,
-            config=Config(
-                connect_timeout=options.timeout,
-                read_timeout=options.timeout,
-                retries={"max_attempts": 1, "mode": "standard"},  # the store retries
-                max_pool_connections=16,
-                s3=s3,
-            ),
-        )
-        from botocore import exceptions as botoexc
-
-        self._botoexc = botoexc
-        self._unreachable: tuple[type[Exception], ...] = (
-            botoexc.ConnectionError,
-            botoexc.HTTPClientError,
-            botoexc.NoCredentialsError,
-            OSError,
+        self._obs, self._exc = obstore, exceptions
+        keys = {"access_key_id", "secret_access_key", "session_token"}
+        given = {k: getattr(config, f"aws_{k}") for k in keys if getattr(config, f"aws_{k}")}
+        seconds = f"{options.timeout}s"
+        self._s3 = S3Store(
+            config.bucket,
+            prefix=config.prefix or None,
+            region=config.region or "us-east-1",
+            endpoint=config.endpoint_url,
+            virtual_hosted_style_request=config.addressing_style == "virtual"
+            or (config.addressing_style is None and config.endpoint_url is None),
+            conditional_put="etag",
+            client_options={
+                "timeout": seconds,
+                "connect_timeout": seconds,
+                "allow_http": bool(config.endpoint_url and config.endpoint_url.startswith("http:")),
+            },
+            retry_config={"max_retries": 0},  # the store retries, only where safe
+            **given,
         )
 
-    # ---------------------------------------------------------------- helpers
-    def key(self, *parts: str) -> str:
-        return self._p + "/".join(parts)
-
-    def _head_key(self, name: str) -> str:
-        return self.key("heads", f"{name}.json")
-
-    def _blob_key(self, cid: str) -> str:
-        return self.key("blobs", "sha256", content_hex(cid))
-
-    def _ref_key(self, cid: str, name: str) -> str:
-        return self.key("refs", content_hex(cid), name)
-
-    async def _call(self, key: str, fn: Callable[[], T]) -> T:
-        """Run a boto3 call in a thread and map its errors; a lost conditional write
-        raises ``_LostRace`` for the caller to handle."""
+    async def _call(self, key: str, what: Awaitable[T]) -> T:
+        """Await an obstore call; failures other than a lost condition or a missing
+        object become ``Unavailable``."""
+        e = self._exc
         try:
-            return await asyncio.to_thread(fn)
-        except self._botoexc.ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if code in _LOST_RACE or status == 412:
-                raise _LostRace(key) from exc
-            where = f"bucket {self.bucket!r}" if code == "NoSuchBucket" else "S3"
-            msg = f"{where}: {code or status} {err.get('Message', '')}".strip()
-            if code in _TRANSIENT or status >= 500 or code == "NoSuchBucket":
-                raise Unavailable(msg, store=self.display, key=key) from exc
-            raise StoreError(msg, store=self.display, key=key) from exc
-        except self._unreachable as exc:
-            raise Unavailable(f"S3 not reachable: {exc}", store=self.display, key=key) from exc
+            return await what
+        except (FileNotFoundError, e.NotFoundError, e.AlreadyExistsError, e.PreconditionError):
+            raise
+        except (e.BaseError, OSError, TimeoutError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise Unavailable(f"S3: {why}", store=self.display, key=key) from exc
 
-    def _get(self, key: str) -> tuple[bytes, str, Any, str] | None:
-        """(body, etag, LastModified, server Date) of ``key``, or None (in a thread)."""
+    async def _get(self, path: str) -> tuple[bytes | None, Any]:
+        async def get() -> tuple[bytes | None, Any]:
+            try:
+                got = await self._obs.get_async(self._s3, path)
+                return (await got.bytes_async()).to_bytes(), got.meta["e_tag"]
+            except (FileNotFoundError, self._exc.NotFoundError):  # obstore raises the former
+                return None, None
+
+        return await self._call(path, get())
+
+    async def _put(self, path: str, data: bytes, mode: Any) -> bool:
         try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=key)
-        except self._client.exceptions.NoSuchKey:
-            return None
-        body = resp["Body"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
-        date = resp["ResponseMetadata"].get("HTTPHeaders", {}).get("date", "")
-        return data, resp["ETag"], resp["LastModified"], date
+            await self._call(path, self._obs.put_async(self._s3, path, data, mode=mode))
+            return True
+        except (self._exc.AlreadyExistsError, self._exc.PreconditionError):
+            return False
 
-    async def _read(self, key: str) -> tuple[bytes, str, Any, str] | None:
-        return await self._call(key, lambda: self._get(key))
+    async def _names(self) -> list[tuple[str, str]]:
+        """(name, ETag) of every head, from a listing."""
 
-    async def _put(self, key: str, data: bytes, **cond: str) -> str:
-        resp = await self._call(
-            key, lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond)
-        )
-        return str(resp["ETag"])
+        async def scan() -> list[tuple[str, str]]:
+            out = []
+            async for batch in self._obs.list(self._s3, prefix="heads/"):
+                for meta in batch:
+                    name = meta["path"].removeprefix("heads/").removesuffix(".json")
+                    if NAME_RE.fullmatch(name):
+                        out.append((name, str(meta["e_tag"])))
+            return sorted(out)
 
-    async def _delete(self, key: str) -> None:
-        await self._call(key, lambda: self._client.delete_object(Bucket=self.bucket, Key=key))
+        return await self._call("heads/", scan())
 
-    async def _list(self, prefix: str) -> list[str]:
-        def run() -> list[str]:
-            keys: list[str] = []
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            )
-            for page in pages:
-                keys.extend(o["Key"] for o in page.get("Contents", []))
-            return keys
-
-        return await self._call(prefix, run)
-
-    # ---------------------------------------------------------------- readers
-    async def read_head(self, name: str) -> bytes | None:
-        got = await self._read(self._head_key(name))
-        return got[0] if got else None
+    async def read_head(self, name: str) -> tuple[bytes | None, Any]:
+        return await self._get(f"heads/{name}.json")
 
     async def read_heads(self) -> dict[str, bytes]:
-        prefix = self.key("heads") + "/"
-        names = [k[len(prefix) :].removesuffix(".json") for k in await self._list(prefix)]
-        names = [n for n in names if NAME_RE.fullmatch(n)]
         limit = asyncio.Semaphore(8)
 
         async def one(name: str) -> tuple[str, bytes | None]:
             async with limit:
-                return name, await self.read_head(name)
+                return name, (await self.read_head(name))[0]
 
-        pairs = await asyncio.gather(*(one(n) for n in names))
+        pairs = await asyncio.gather(*(one(n) for n, _ in await self._names()))
         return {n: raw for n, raw in pairs if raw is not None}
 
-    async def read_blob(self, cid: str) -> bytes | None:
-        got = await self._read(self._blob_key(cid))
-        return got[0] if got else None
-
-    async def read_epoch(self) -> int:
-        return (await self._txn_read_epoch())[0]
-
-    # ---------------------------------------------------------------- the lease
-    async def _acquire(self) -> _Lease:
-        key = self.key("lock")
-        owner = uuid.uuid4().hex
-        me = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
-        body = json.dumps({**me, "ttl": self._ttl}).encode()
-        deadline = time.monotonic() + self._lock_timeout
-        released, self._released = self._released, None
-        # Back again right after releasing: if another client is waiting, give it the
-        # lock first, or a busy writer could starve everyone else.
-        soon = time.monotonic() - self._released_at < _HANDOFF_WINDOW
-        if released and soon and await self._someone_waits(owner):
-            await asyncio.sleep(_HANDOFF)
-            released = None
-        if released:  # fast path: nobody took the lock since this client released it
-            since = time.monotonic()
-            with contextlib.suppress(_LostRace):
-                return _Lease(owner, await self._put(key, body, IfMatch=released), since)
-        pause = 0.01
-        holder = "other writers"
-        announced = -math.inf
-        got = None  # first try to create the lock; later, look before trying (1 request)
-        while True:
-            if got is None:
-                since = time.monotonic()
-                try:
-                    return _Lease(owner, await self._put(key, body, IfNoneMatch="*"), since)
-                except _LostRace:
-                    pass
-            else:
-                data, etag, modified, date = got
-                try:
-                    doc = json.loads(data)
-                    age = (parsedate_to_datetime(date) - modified).total_seconds()
-                    ttl = float(doc.get("ttl", self._ttl))  # the holder's own lease time
-                except (ValueError, TypeError, AttributeError):
-                    doc, age, ttl = {}, 1.0, 0.0  # unreadable lock object: treat as expired
-                if not doc.get("released"):
-                    holder = f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
-                if doc.get("released") or age > ttl:
-                    since = time.monotonic()
-                    try:
-                        return _Lease(owner, await self._put(key, body, IfMatch=etag), since)
-                    except _LostRace:
-                        pass
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"could not take the write lock within {self._lock_timeout}s "
-                    f"(last held by {holder})",
-                    store=self.display,
-                    key=key,
-                    retryable=False,
-                )
-            if time.monotonic() - announced > _HANDOFF_WINDOW / 2:
-                announced = time.monotonic()
-                await self._put(self.key("lock.waiting"), json.dumps(me).encode())
-            await asyncio.sleep(pause * (0.5 + random.random()))
-            # Back off at first, then look more often the longer this client has
-            # waited, so old waiters tend to be first when the lock comes free.
-            waited = time.monotonic() - (deadline - self._lock_timeout)
-            pause = min(pause * 2, _MAX_POLL / (1 + waited))
-            got = await self._read(key)
-
-    async def _someone_waits(self, owner: str) -> bool:
-        """True if another client announced within the handoff window that it waits."""
-        got = await self._read(self.key("lock.waiting"))
-        if got is None:
-            return False
-        data, _, modified, date = got
-        try:
-            age = (parsedate_to_datetime(date) - modified).total_seconds()
-            return bool(json.loads(data).get("owner") != owner and age <= _HANDOFF_WINDOW)
-        except (ValueError, TypeError, AttributeError):
-            return False
-
-    async def _check_lock(self, lock: Any) -> None:
-        if time.monotonic() - lock.since > self._ttl / 2:
-            raise Unavailable(
-                f"write lock lease ran past half its ttl ({self._ttl}s); commit abandoned",
-                store=self.display,
-                key=self.key("lock"),
+    async def swap_head(self, name: str, token: Any, record: bytes, deadline: float) -> bool:
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(
+                "no commit within its deadline; abandoned", store=self.display, key=name
             )
+        mode = "create" if token is None else {"e_tag": token}
+        return await self._put(f"heads/{name}.json", record, mode)
 
-    async def _release(self, lock: Any) -> None:
-        key = self.key("lock")
-        body = json.dumps({"released": True, "owner": lock.owner}).encode()
-        try:
-            self._released = await self._put(key, body, IfMatch=lock.etag)
-            self._released_at = time.monotonic()
-        except _LostRace:
-            log.warning("store %s: the write lock was taken over before release", self.display)
-        except StoreError as exc:  # it expires after lock_ttl anyway
-            log.warning("store %s: could not release the write lock: %s", self.display, exc)
+    async def create_version(self, name: str, version: int, data: bytes) -> bool:
+        return await self._put(f"versions/{name}/{version:012d}", data, "create")
 
-    # ---------------------------------------------------------------- writers
-    async def _txn_read_epoch(self) -> tuple[int, Any]:
-        got = await self._read(self.key("epoch"))
-        if got is None:
-            return 0, None
-        try:
-            return int(json.loads(got[0])["epoch"]), got[1]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Corrupt(
-                f"unreadable epoch object: {exc}", store=self.display, key=self.key("epoch")
-            ) from None
+    async def read_version(self, name: str, version: int) -> bytes | None:
+        return (await self._get(f"versions/{name}/{version:012d}"))[0]
 
-    async def _txn_read_head(self, name: str) -> tuple[bytes | None, Any]:
-        got = await self._read(self._head_key(name))
-        return (got[0], got[1]) if got else (None, None)
+    async def delete_versions(self, name: str, versions: list[int]) -> None:
+        paths = [f"versions/{name}/{v:012d}" for v in versions]
+        await self._call(name, self._obs.delete_async(self._s3, paths))
 
-    async def _ref_names(self, cid: str) -> set[str]:
-        prefix = self.key("refs", content_hex(cid)) + "/"
-        return {k[len(prefix) :] for k in await self._list(prefix)}
-
-    async def _put_checked(self, key: str, data: bytes, token: Any) -> None:
-        cond = {"IfMatch": token} if token else {"IfNoneMatch": "*"}
-        try:
-            await self._put(key, data, **cond)
-        except _LostRace:
-            raise Unavailable(
-                "changed by another writer during this commit (write lock lost?); retry",
-                store=self.display,
-                key=key,
-            ) from None
-
-    async def _write_blob(self, cid: str, data: bytes) -> None:
-        await self._put(self._blob_key(cid), data)
-
-    async def _write_head(self, name: str, record: bytes | None, token: Any) -> None:
-        if record is None:
-            await self._delete(self._head_key(name))
-        else:
-            await self._put_checked(self._head_key(name), record, token)
-
-    async def _write_epoch(self, epoch: int, token: Any) -> None:
-        await self._put_checked(self.key("epoch"), json.dumps({"epoch": epoch}).encode(), token)
-
-    async def _add_ref(self, cid: str, name: str) -> None:
-        await self._put(self._ref_key(cid, name), b"")
-
-    async def _remove_ref(self, cid: str, name: str) -> None:
-        await self._delete(self._ref_key(cid, name))
-
-    async def _delete_blob(self, cid: str) -> None:
-        await self._delete(self._blob_key(cid))
+    async def marker(self) -> str:
+        names = await self._names()
+        return hashlib.sha256(repr(names).encode()).hexdigest()[:32]
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._client.close)
+        return None

@@ -1,20 +1,22 @@
 """``Store``: the synchronous bundle store for the trainer and tools.
 
-It runs the one ``AsyncStore`` implementation on a private event loop in a daemon
-thread and waits for each call, so the sync and async APIs cannot drift apart.
-A ``Store`` may be shared by threads (calls run concurrently on its loop); it does
-not survive ``fork`` (open a new one in the child). Close it (or use ``with``);
-one left open is closed when garbage-collected or at interpreter exit.
+It runs the one ``AsyncStore`` implementation on an event loop in a daemon thread,
+through an ``anyio.from_thread.BlockingPortal``, so the sync and async APIs cannot
+drift apart and the sync API works even inside someone else's event loop. A
+``Store`` may be shared by threads; it does not survive ``fork``. Close it (or use
+``with``); one left open is closed when garbage-collected or at exit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.from_thread import BlockingPortal
 
 from pemn.store.core import AsyncStore
 from pemn.store.options import StoreOptions
@@ -22,26 +24,13 @@ from pemn.store.records import NameInfo, PutResult, StoredBundle, VersionInfo
 
 __all__ = ["Store"]
 
-T = TypeVar("T")
 
-
-def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, holder: list[Any]) -> None:
-    """Close the async store, the loop's executor and the loop, then join the thread."""
-    if not loop.is_closed() and thread.is_alive():
-
-        async def finish() -> None:
-            if holder:
-                await holder[0].close()
-            await loop.shutdown_asyncgens()
-            await loop.shutdown_default_executor()
-
-        try:
-            asyncio.run_coroutine_threadsafe(finish(), loop).result()
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-    if not loop.is_closed():
-        loop.close()
+def _shutdown(portal: BlockingPortal, thread: threading.Thread, store: AsyncStore) -> None:
+    try:
+        portal.call(store.close)
+    finally:
+        portal.call(portal.stop)
+        thread.join()
 
 
 class Store:
@@ -50,29 +39,35 @@ class Store:
     Every method has the semantics of the ``AsyncStore`` method of the same name."""
 
     def __init__(self, factory: Callable[[], AsyncStore]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="pemn.store loop", daemon=True
-        )
-        self._thread.start()
-        holder: list[AsyncStore] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, holder)
+        started = threading.Event()
+        holder: list[BlockingPortal] = []
+
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                holder.append(portal)
+                started.set()
+                await portal.sleep_until_stopped()
+
+        thread = threading.Thread(target=anyio.run, args=(serve,), name="pemn.store", daemon=True)
+        thread.start()
+        started.wait()
+        self._portal = holder[0]
 
         async def make() -> AsyncStore:
             return factory()
 
         try:
-            self._async = self._run(make())
+            self._async = self._portal.call(make)
         except BaseException:
-            self._finalizer()
+            self._portal.call(self._portal.stop)
+            thread.join()
             raise
-        holder.append(self._async)
+        self._finalizer = weakref.finalize(self, _shutdown, self._portal, thread, self._async)
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._finalizer.alive:
-            coro.close()
-            raise RuntimeError("the store is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            raise RuntimeError(f"cannot call {fn.__name__}: the store {self.url} is closed")
+        return self._portal.call(lambda: fn(*args, **kwargs))
 
     @property
     def url(self) -> str:
@@ -92,35 +87,36 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release connections and stop the private loop thread (idempotent)."""
+        """Release connections and stop the loop thread (idempotent)."""
         self._finalizer()
 
-    def put(
-        self,
-        name: str,
-        data: bytes | bytearray | memoryview,
-        *,
-        expected_version: int | None = None,
-    ) -> PutResult:
-        return self._run(self._async.put(name, data, expected_version=expected_version))
+    def put(self, name: str, data: bytes | bytearray | memoryview, **kw: Any) -> PutResult:
+        result: PutResult = self._run(self._async.put, name, data, **kw)
+        return result
+
+    def rollback(self, name: str, version: int, **kw: Any) -> NameInfo:
+        result: NameInfo = self._run(self._async.rollback, name, version, **kw)
+        return result
+
+    def delete(self, name: str, **kw: Any) -> None:
+        self._run(self._async.delete, name, **kw)
 
     def get(self, name: str, version: int | None = None) -> StoredBundle:
-        return self._run(self._async.get(name, version))
-
-    def get_by_id(self, content_id: str) -> bytes:
-        return self._run(self._async.get_by_id(content_id))
+        result: StoredBundle = self._run(self._async.get, name, version)
+        return result
 
     def info(self, name: str) -> NameInfo:
-        return self._run(self._async.info(name))
+        result: NameInfo = self._run(self._async.info, name)
+        return result
 
-    def list(self) -> list[NameInfo]:
-        return self._run(self._async.list())
+    def list(self) -> builtins.list[NameInfo]:
+        result: builtins.list[NameInfo] = self._run(self._async.list)
+        return result
 
     def versions(self, name: str) -> builtins.list[VersionInfo]:
-        return self._run(self._async.versions(name))
+        result: builtins.list[VersionInfo] = self._run(self._async.versions, name)
+        return result
 
-    def delete(self, name: str) -> None:
-        self._run(self._async.delete(name))
-
-    def epoch(self) -> int:
-        return self._run(self._async.epoch())
+    def marker(self) -> str:
+        result: str = self._run(self._async.marker)
+        return result

@@ -1,15 +1,26 @@
-"""``/models``: upload (raw body or multipart), list, describe and delete bundles."""
+"""``/models``: upload (raw body or multipart), list, describe and delete bundles.
+
+Writes carry the store's guarantees over HTTP: ``If-Match`` (the ``ETag`` of ``GET
+/models/{name}``, the latest content id) makes an upload or delete conditional (412
+when it does not hold); a write not committed within ``PEMN_WRITE_DEADLINE_S`` is
+answered 503 with ``Retry-After``, and one whose client disconnects is cancelled;
+neither commits later.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable
 from pathlib import PurePosixPath
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from pemn.store import NameInfo
 from service.catalog import ModelRecord
 from service.deps import AdminDep, ServiceDep
 from service.errors import APIError
@@ -19,6 +30,54 @@ from service.schemas import ModelPublic, ModelsPublic, VersionPublic
 __all__ = ["model_public", "router"]
 
 router = APIRouter(prefix="/models", tags=["models"])
+T = TypeVar("T")
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "API key missing or wrong"},
+    412: {"description": "If-Match does not hold: the latest version is another one"},
+    503: {"description": "the store did not commit within the write deadline (Retry-After)"},
+}
+
+
+def _if_match(request: Request) -> str | None:
+    """The one entity tag of an ``If-Match`` header (quotes optional), ``*``, or None."""
+    raw = request.headers.get("if-match")
+    if raw is None:
+        return None
+    tags = [t.strip() for t in raw.split(",") if t.strip()]
+    if len(tags) != 1 or tags[0].startswith("W/"):
+        raise APIError(
+            400,
+            "request.bad_if_match",
+            'If-Match takes one strong entity tag: the ETag of GET /models/{name} ("sha256:...") or *',
+        )
+    return tags[0].strip('"')
+
+
+async def _unless_client_leaves(request: Request, write: Awaitable[T]) -> T:
+    """Run ``write``; cancel it if the client disconnects first (the store then
+    commits nothing, or had committed already)."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, left = asyncio.ensure_future(write), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise APIError(
+            499, "request.client_closed", "the client disconnected; the write was cancelled"
+        )
+    return work.result()
+
+
+def _etag(info: NameInfo | ModelRecord) -> dict[str, str]:
+    return {"ETag": f'"{info.content_id}"'}
 
 
 def model_public(
@@ -115,9 +174,9 @@ _UPLOAD_BODY = {
     summary="Upload a bundle",
     responses={
         200: {"description": "identical bytes were already the latest version (idempotent)"},
-        401: {"description": "API key missing or wrong"},
         413: {"description": "bundle larger than the upload limit"},
         422: {"description": "invalid bundle or name; `code` names the failure"},
+        **_WRITE_RESPONSES,
     },
     openapi_extra={
         "parameters": [
@@ -136,7 +195,9 @@ async def upload_model(request: Request, svc: ServiceDep) -> Response:
     """Store a bundle under a name: a raw ``application/octet-stream`` body with
     ``?name=``, or a multipart form with ``file`` (and optionally ``name``, else the
     file's stem). Validated before anything is stored. Returns 201 with the new
-    version, or 200 when the same bytes were already the latest version."""
+    version, or 200 when the same bytes were already the latest version. With
+    ``If-Match``: only if the latest version is still that one (else 412)."""
+    if_match = _if_match(request)
     body = await _read_body(request, svc.settings.max_upload_bytes)
     name = request.query_params.get("name")
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -150,16 +211,20 @@ async def upload_model(request: Request, svc: ServiceDep) -> Response:
         )
     if not body:
         raise APIError(422, "request.empty_body", "the request body holds no bundle")
+    put = svc.store.put(name, body, if_match=if_match, timeout=svc.settings.write_deadline_s)
     try:
-        result = await svc.store.put(name, body)
+        result = await _unless_client_leaves(request, put)
     except Exception:
         svc.metrics.uploads.labels("rejected").inc()
         raise
-    info = await svc.store.info(name)
-    record = svc.registry.note_upload(info)
+    record = svc.registry.note_upload(result)
     svc.metrics.uploads.labels("created" if result.created else "unchanged").inc()
     public = model_public(record, svc.registry, created=result.created)
-    return JSONResponse(public.model_dump(mode="json"), status_code=201 if result.created else 200)
+    return JSONResponse(
+        public.model_dump(mode="json"),
+        status_code=201 if result.created else 200,
+        headers=_etag(result),
+    )
 
 
 @router.get("", response_model=ModelsPublic, summary="List models")
@@ -172,9 +237,13 @@ async def list_models(svc: ServiceDep) -> ModelsPublic:
     "/{name}",
     response_model=ModelPublic,
     summary="Describe a model, its versions and where it is loaded",
+    responses={200: {"headers": {"ETag": {"description": "content id of the latest version"}}}},
 )
-async def get_model(name: str, svc: ServiceDep) -> ModelPublic:
+async def get_model(name: str, svc: ServiceDep, response: Response) -> ModelPublic:
+    """The model, with ``ETag``: give it as ``If-Match`` to replace or delete exactly
+    the version seen here."""
     record = svc.registry.latest(name)
+    response.headers.update(_etag(record))
     versions = [
         VersionPublic(
             version=v.version, content_id=v.content_id, size=v.size, created_at=v.created_at
@@ -189,12 +258,13 @@ async def get_model(name: str, svc: ServiceDep) -> ModelPublic:
     status_code=204,
     dependencies=[AdminDep],
     summary="Delete a model and all its versions",
-    responses={
-        401: {"description": "API key missing or wrong"},
-        404: {"description": "no such model"},
-    },
+    responses={404: {"description": "no such model"}, **_WRITE_RESPONSES},
 )
-async def delete_model(name: str, svc: ServiceDep) -> Response:
-    await svc.store.delete(name)
+async def delete_model(name: str, request: Request, svc: ServiceDep) -> Response:
+    """Delete the model; with ``If-Match``, only if its latest version is that one."""
+    delete = svc.store.delete(
+        name, if_match=_if_match(request), timeout=svc.settings.write_deadline_s
+    )
+    await _unless_client_leaves(request, delete)
     svc.registry.forget(name)
     return Response(status_code=204)

@@ -116,15 +116,15 @@ def test_publish_to_redis_and_roll_back(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["publish", str(bundle_dir), "--store", redis_store]) == 0
-    # a new version of fashion-a, then roll back to v1: v3 holds v1's bytes
+    # a new version of fashion-a, then roll back to v1: the latest pointer moves back
     newer = bundle_dir / "fashion-a-v2.pemn"
     newer.write_bytes(make_bundle(mask_seed=33))
     assert main(["publish", str(newer), "--name", "fashion-a", "--store", redis_store]) == 0
     assert _latest(redis_store, "fashion-a")[0] == 2
     assert main(["rollback", "fashion-a", "1", "--store", redis_store]) == 0
-    assert "v3 now holds the bytes of v1" in capsys.readouterr().out
+    assert "v1 is the latest version again" in capsys.readouterr().out
     version, data = _latest(redis_store, "fashion-a")
-    assert (version, data) == (3, bundles["fashion-a"])
+    assert (version, data) == (1, bundles["fashion-a"])
     assert read_bundle(data).content_id == read_bundle(bundles["fashion-a"]).content_id
     # rolling back to a version that does not exist is one sentence and exit 1
     assert main(["rollback", "fashion-a", "9", "--store", redis_store]) == 1

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Any
 
-from pemn.store import Conflict, NotFound, open_store
+from pemn.store import NotFound, PreconditionFailed, open_store
 from tests.store.bundles import bundle
 
 
@@ -36,8 +37,9 @@ def write(
     url: str, options: dict[str, Any], names: list[str], writer: int, puts: int, cas: bool
 ) -> list[tuple[str, int, bool]]:
     """Put ``puts`` bundles round-robin over ``names``; returns (name, version,
-    created) per successful put. With ``cas``, each put names the version it read
-    and a lost race (``Conflict``) is retried with a fresh read."""
+    created) per successful put. With ``cas``, each put names the content id it read
+    (``if_match``) and a lost race (``PreconditionFailed``) is retried with a fresh
+    read."""
     done = []
     with open_store(url, **options) as store:
         for i in range(puts):
@@ -46,13 +48,11 @@ def write(
             while True:
                 expected = None
                 if cas:
-                    try:
-                        expected = store.info(name).version
-                    except NotFound:
-                        expected = 0
+                    with contextlib.suppress(NotFound):
+                        expected = store.info(name).content_id
                 try:
-                    r = store.put(name, data, expected_version=expected)
-                except Conflict:
+                    r = store.put(name, data, if_match=expected)
+                except PreconditionFailed:
                     continue
                 break
             done.append((name, r.version, r.created))

@@ -2,7 +2,8 @@
 
 ``target`` is one backend with a fresh isolated location (a temp directory, or a
 uuid key prefix on the session's Redis / S3 server) and ``raw``: direct access to
-that backend's storage, so tests can damage or inspect it behind the store's back.
+that backend's keys (docs/stores.md has the layouts), so tests can damage or inspect
+them behind the store's back.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 import pytest
 
 from pemn.store import Store, open_store
-from pemn.store.names import content_hex
-from pemn.store.s3_backend import boto3_session
 from tests.store.bundles import VALIDATOR
 
 BACKENDS = [
@@ -28,63 +27,60 @@ BACKENDS = [
 
 
 class Raw:
-    """Direct access to a backend's keys (see docs/stores.md for the layouts)."""
+    """Direct access to a backend's version objects and heads."""
 
-    def blobs(self) -> set[str]:
+    def version_keys(self) -> set[tuple[str, int]]:
+        """(name, version) of every version object."""
         raise NotImplementedError
 
-    def read_blob(self, cid: str) -> bytes | None:
+    def read_version(self, name: str, version: int) -> bytes | None:
         raise NotImplementedError
 
-    def write_blob(self, cid: str, data: bytes) -> None:
+    def write_version(self, name: str, version: int, data: bytes) -> None:
         raise NotImplementedError
 
-    def delete_blob(self, cid: str) -> None:
+    def delete_version(self, name: str, version: int) -> None:
         raise NotImplementedError
 
     def write_head(self, name: str, record: bytes) -> None:
-        raise NotImplementedError
-
-    def refs(self, cid: str) -> set[str]:
+        """Overwrite the head of ``name`` with ``record`` (damage it)."""
         raise NotImplementedError
 
     def close(self) -> None:
         pass
 
-    def flip_byte(self, cid: str, at: int = -1) -> None:
-        data = bytearray(self.read_blob(cid) or b"")
-        assert data, f"blob {cid} is not in the backend"
+    def flip_byte(self, name: str, version: int, at: int = -1) -> None:
+        data = bytearray(self.read_version(name, version) or b"")
+        assert data, f"{name} v{version} is not in the backend"
         data[at] ^= 0x01
-        self.write_blob(cid, bytes(data))
+        self.write_version(name, version, bytes(data))
 
 
 class FileRaw(Raw):
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _blob(self, cid: str) -> Path:
-        h = content_hex(cid)
-        return self.root / "blobs" / "sha256" / h[:2] / h
+    def _v(self, name: str, version: int) -> Path:
+        return self.root / "versions" / name / f"{version:012d}"
 
-    def blobs(self) -> set[str]:
-        return {"sha256:" + p.name for p in (self.root / "blobs" / "sha256").glob("*/*")}
+    def version_keys(self) -> set[tuple[str, int]]:
+        return {(p.parent.name, int(p.name)) for p in (self.root / "versions").glob("*/*")}
 
-    def read_blob(self, cid: str) -> bytes | None:
-        p = self._blob(cid)
+    def read_version(self, name: str, version: int) -> bytes | None:
+        p = self._v(name, version)
         return p.read_bytes() if p.exists() else None
 
-    def write_blob(self, cid: str, data: bytes) -> None:
-        self._blob(cid).write_bytes(data)
+    def write_version(self, name: str, version: int, data: bytes) -> None:
+        self._v(name, version).write_bytes(data)
 
-    def delete_blob(self, cid: str) -> None:
-        self._blob(cid).unlink()
+    def delete_version(self, name: str, version: int) -> None:
+        self._v(name, version).unlink()
 
     def write_head(self, name: str, record: bytes) -> None:
-        (self.root / "heads" / f"{name}.json").write_bytes(record)
-
-    def refs(self, cid: str) -> set[str]:
-        d = self.root / "refs" / content_hex(cid)
-        return {p.name for p in d.iterdir()} if d.is_dir() else set()
+        d = self.root / "heads" / name
+        d.mkdir(parents=True, exist_ok=True)
+        revs = sorted(int(p.name) for p in d.iterdir())
+        (d / f"{(revs[-1] if revs else 0) + 1:012d}").write_bytes(record)
 
 
 class RedisRaw(Raw):
@@ -94,24 +90,24 @@ class RedisRaw(Raw):
         self.r = redis.Redis.from_url(url)
         self.p = prefix
 
-    def blobs(self) -> set[str]:
-        n = len(self.p) + len(":blob:")
-        return {"sha256:" + k.decode()[n:] for k in self.r.scan_iter(f"{self.p}:blob:*")}
+    def version_keys(self) -> set[tuple[str, int]]:
+        out = set()
+        for k in self.r.scan_iter(f"{self.p}:v:*"):
+            name, _, n = k.decode()[len(self.p) + 3 :].rpartition(":")
+            out.add((name, int(n)))
+        return out
 
-    def read_blob(self, cid: str) -> bytes | None:
-        return self.r.get(f"{self.p}:blob:{content_hex(cid)}")  # type: ignore[return-value]
+    def read_version(self, name: str, version: int) -> bytes | None:
+        return self.r.get(f"{self.p}:v:{name}:{version}")  # type: ignore[return-value]
 
-    def write_blob(self, cid: str, data: bytes) -> None:
-        self.r.set(f"{self.p}:blob:{content_hex(cid)}", data)
+    def write_version(self, name: str, version: int, data: bytes) -> None:
+        self.r.set(f"{self.p}:v:{name}:{version}", data)
 
-    def delete_blob(self, cid: str) -> None:
-        self.r.delete(f"{self.p}:blob:{content_hex(cid)}")
+    def delete_version(self, name: str, version: int) -> None:
+        self.r.delete(f"{self.p}:v:{name}:{version}")
 
     def write_head(self, name: str, record: bytes) -> None:
         self.r.hset(f"{self.p}:heads", name, record)
-
-    def refs(self, cid: str) -> set[str]:
-        return {n.decode() for n in self.r.smembers(f"{self.p}:refs:{content_hex(cid)}")}  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.r.close()
@@ -119,26 +115,29 @@ class RedisRaw(Raw):
 
 class S3Raw(Raw):
     def __init__(self, endpoint: str, bucket: str, prefix: str, creds: dict[str, str]) -> None:
-        self.c = boto3_session(region_name="us-east-1", **creds).client("s3", endpoint_url=endpoint)
+        import boto3
+
+        self.c = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint, **creds)
         self.b = bucket
         self.p = prefix
 
-    def _keys(self, prefix: str) -> list[str]:
-        out = []
-        for page in self.c.get_paginator("list_objects_v2").paginate(Bucket=self.b, Prefix=prefix):
-            out += [o["Key"] for o in page.get("Contents", [])]
+    def _v(self, name: str, version: int) -> str:
+        return f"{self.p}/versions/{name}/{version:012d}"
+
+    def version_keys(self) -> set[tuple[str, int]]:
+        out = set()
+        pages = self.c.get_paginator("list_objects_v2").paginate(
+            Bucket=self.b, Prefix=f"{self.p}/versions/"
+        )
+        for page in pages:
+            for o in page.get("Contents", []):
+                _, name, n = o["Key"].rsplit("/", 2)
+                out.add((name, int(n)))
         return out
 
-    def _blob(self, cid: str) -> str:
-        return f"{self.p}/blobs/sha256/{content_hex(cid)}"
-
-    def blobs(self) -> set[str]:
-        pre = f"{self.p}/blobs/sha256/"
-        return {"sha256:" + k[len(pre) :] for k in self._keys(pre)}
-
-    def read_blob(self, cid: str) -> bytes | None:
+    def read_version(self, name: str, version: int) -> bytes | None:
         try:
-            body = self.c.get_object(Bucket=self.b, Key=self._blob(cid))["Body"]
+            body = self.c.get_object(Bucket=self.b, Key=self._v(name, version))["Body"]
         except self.c.exceptions.NoSuchKey:
             return None
         try:
@@ -146,18 +145,14 @@ class S3Raw(Raw):
         finally:
             body.close()
 
-    def write_blob(self, cid: str, data: bytes) -> None:
-        self.c.put_object(Bucket=self.b, Key=self._blob(cid), Body=data)
+    def write_version(self, name: str, version: int, data: bytes) -> None:
+        self.c.put_object(Bucket=self.b, Key=self._v(name, version), Body=data)
 
-    def delete_blob(self, cid: str) -> None:
-        self.c.delete_object(Bucket=self.b, Key=self._blob(cid))
+    def delete_version(self, name: str, version: int) -> None:
+        self.c.delete_object(Bucket=self.b, Key=self._v(name, version))
 
     def write_head(self, name: str, record: bytes) -> None:
         self.c.put_object(Bucket=self.b, Key=f"{self.p}/heads/{name}.json", Body=record)
-
-    def refs(self, cid: str) -> set[str]:
-        pre = f"{self.p}/refs/{content_hex(cid)}/"
-        return {k[len(pre) :] for k in self._keys(pre)}
 
     def close(self) -> None:
         self.c.close()

@@ -1,4 +1,4 @@
-"""The async API and change following (``watch``): epoch polling on every backend,
+"""The async API and change following (``watch``): marker polling on every backend,
 Redis pub/sub as the fast hint, catch-up after missed messages."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pemn.store import AsyncStore, Conflict, NotFound, open_async_store, open_store
+from pemn.store import AsyncStore, NotFound, PreconditionFailed, open_async_store, open_store
 from tests.store.bundles import bundle
 from tests.store.conftest import Target, store_options
 
@@ -34,14 +34,13 @@ def test_async_api_round_trip(target: Target) -> None:
             assert [v.version for v in await s.versions("alpha")] == [2, 3]
             assert [i.name for i in await s.list()] == ["alpha"]
             assert (await s.info("alpha")).version == 3
-            assert await s.get_by_id(r2.content_id) == bundle(2)
-            with pytest.raises(Conflict):
-                await s.put("alpha", bundle(4), expected_version=2)
-            assert await s.epoch() == 3
+            with pytest.raises(PreconditionFailed):
+                await s.put("alpha", bundle(4), if_match=r2.content_id)
+            assert (await s.rollback("alpha", 2)).content_id == r2.content_id
             # Concurrent calls on one async store.
             results = await asyncio.gather(*(s.put(f"n{i}", bundle(10 + i)) for i in range(6)))
             assert {r.name for r in results} == {f"n{i}" for i in range(6)}
-            assert await s.epoch() == 9
+            assert len({r.content_id for r in results}) == 6
             await s.delete("alpha")
             assert [i.name for i in await s.list()] == [f"n{i}" for i in range(6)]
 
@@ -52,13 +51,13 @@ class Watching:
     """Consume ``store.watch(...)`` in a task; ``seen`` lists what it yielded."""
 
     def __init__(self, store: AsyncStore, **kw: Any) -> None:
-        self.it: AsyncGenerator[int, None] = store.watch(**kw)
-        self.seen: list[int] = []
+        self.it: AsyncGenerator[str, None] = store.watch(**kw)
+        self.seen: list[str] = []
         self.changed = asyncio.Event()
 
     async def _run(self) -> None:
-        async for epoch in self.it:
-            self.seen.append(epoch)
+        async for marker in self.it:
+            self.seen.append(marker)
             self.changed.set()
 
     async def __aenter__(self) -> Watching:
@@ -71,11 +70,11 @@ class Watching:
             await self.task
         await self.it.aclose()
 
-    async def until(self, value: int, timeout: float = 5.0) -> float:
+    async def until(self, value: str, timeout: float = 5.0) -> float:
         return await _until(self.seen, value, self.changed, timeout)
 
 
-async def _until(seen: list[int], value: int, changed: asyncio.Event, timeout: float) -> float:
+async def _until(seen: list[str], value: str, changed: asyncio.Event, timeout: float) -> float:
     """Wait until ``value`` was yielded; return how long it took."""
     start = time.monotonic()
     deadline = start + timeout
@@ -83,24 +82,24 @@ async def _until(seen: list[int], value: int, changed: asyncio.Event, timeout: f
         changed.clear()
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"epoch {value} not seen within {timeout}s (seen {seen})")
+            raise AssertionError(f"marker {value} not seen within {timeout}s (seen {seen})")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), left)
     return time.monotonic() - start
 
 
-def test_watch_yields_current_epoch_then_each_change(target: Target) -> None:
+def test_watch_yields_current_marker_then_each_change(target: Target) -> None:
     async def main() -> None:
         async with astore_for(target) as s, astore_for(target) as writer:
             await writer.put("alpha", bundle(1))
             async with Watching(s, poll_interval=0.05) as w:
-                await w.until(1)
+                await w.until(await writer.marker())
                 for i in (2, 3):
                     await writer.put("alpha", bundle(i))
-                    await w.until(i)
+                    await w.until(await writer.marker())
                 await writer.delete("alpha")
-                await w.until(4)
-            assert w.seen == sorted(set(w.seen)) and w.seen[0] == 1 and w.seen[-1] == 4
+                await w.until(await writer.marker())
+            assert len(w.seen) == len(set(w.seen)) == 4  # each change once, nothing else
 
     asyncio.run(main())
 
@@ -109,19 +108,21 @@ def test_watch_since_waits_for_a_change_and_catches_up(target: Target) -> None:
     async def main() -> None:
         async with astore_for(target) as s:
             await s.put("alpha", bundle(1))
-            async with contextlib.aclosing(s.watch(poll_interval=0.05, since=1)) as it:
+            m1 = await s.marker()
+            async with contextlib.aclosing(s.watch(poll_interval=0.05, since=m1)) as it:
                 first = asyncio.ensure_future(anext(it))
                 await asyncio.sleep(0.3)
-                assert not first.done()  # nothing new since epoch 1
+                assert not first.done()  # nothing new since m1
                 await s.put("alpha", bundle(2))
-                assert await asyncio.wait_for(first, 5) == 2
-                # Missed changes (the consumer was busy) fold into the latest epoch.
+                m2 = await s.marker()
+                assert await asyncio.wait_for(first, 5) == m2 != m1
+                # Missed changes (the consumer was busy) fold into the latest marker.
                 for i in range(3, 7):
                     await s.put("alpha", bundle(i))
-                assert await asyncio.wait_for(anext(it), 5) == 6
-            # A subscriber that was away catches up from an old epoch at once.
-            async with contextlib.aclosing(s.watch(poll_interval=60, since=2)) as late:
-                assert await asyncio.wait_for(anext(late), 5) == 6
+                assert await asyncio.wait_for(anext(it), 5) == await s.marker()
+            # A subscriber that was away catches up from an old marker at once.
+            async with contextlib.aclosing(s.watch(poll_interval=60, since=m2)) as late:
+                assert await asyncio.wait_for(anext(late), 5) == await s.marker()
 
     asyncio.run(main())
 
@@ -148,11 +149,11 @@ def test_pubsub_hint_is_fast(target: Target) -> None:
             astore_for(target) as writer,
             Watching(s, poll_interval=60) as w,
         ):
-            await w.until(0)
+            await w.until(await writer.marker())
             await asyncio.sleep(0.2)  # let the subscription settle
-            for epoch in (1, 2, 3):
-                await writer.put("alpha", bundle(epoch))
-                assert await w.until(epoch) < 2.0
+            for i in (1, 2, 3):
+                await writer.put("alpha", bundle(i))
+                assert await w.until(await writer.marker()) < 2.0
 
     asyncio.run(main())
 
@@ -160,7 +161,7 @@ def test_pubsub_hint_is_fast(target: Target) -> None:
 @pytest.mark.parametrize("target", REDIS, indirect=True)
 def test_watch_catches_up_after_pubsub_messages_are_lost(target: Target) -> None:
     """Kill the subscriber's connection, change the store while it is down: the
-    published messages are lost, yet the watcher reaches the latest epoch."""
+    published messages are lost, yet the watcher reaches the latest marker."""
     import redis
 
     async def main() -> None:
@@ -170,7 +171,7 @@ def test_watch_catches_up_after_pubsub_messages_are_lost(target: Target) -> None
             n = 0
             try:
                 async with Watching(s, poll_interval=0.3) as w:
-                    await w.until(0)
+                    await w.until(await writer.marker())
                     for _ in range(3):
                         for _ in range(100):  # until the watcher is subscribed
                             if admin.pubsub_numsub(f"{prefix}:events")[0][1]:
@@ -180,8 +181,7 @@ def test_watch_catches_up_after_pubsub_messages_are_lost(target: Target) -> None
                         for _ in range(3):
                             n += 1
                             await writer.put("alpha", bundle(n))
-                    assert await writer.epoch() == 9
-                    await w.until(9)
+                    await w.until(await writer.marker())
             finally:
                 admin.close()
 
@@ -200,9 +200,9 @@ def test_redis_watch_polls_without_the_hint(target: Target) -> None:
 
             s._backend.open_hint = no_hint  # type: ignore[method-assign]
             async with contextlib.aclosing(s.watch(poll_interval=0.05)) as it:
-                assert await asyncio.wait_for(anext(it), 5) == 0
+                assert await asyncio.wait_for(anext(it), 5) == await s.marker()
                 await s.put("alpha", bundle(1))
-                assert await asyncio.wait_for(anext(it), 5) == 1
+                assert await asyncio.wait_for(anext(it), 5) == await s.marker()
 
     asyncio.run(main())
 

@@ -1,8 +1,9 @@
 """Several writers and readers on the same names at once, in threads (each with its
 own store client) and in separate processes. Readers only ever get complete,
-verified bundles that some writer put under that name; afterwards every version is
-readable, version numbers have no gaps or duplicates, and blobs and refs match the
-heads exactly (nothing leaked, nothing missing)."""
+verified bundles that some writer put under that name; afterwards every retained
+version is readable, no two acknowledged puts got the same version number, the
+latest is the highest acknowledged one, and the version objects are exactly the
+retained versions (nothing leaked, nothing missing)."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def _read_until(
 
 
 def check_consistent(store: Store, raw: Raw) -> dict[str, list[int]]:
-    """Every retained version verifies; blobs and refs equal what the heads use."""
-    used: dict[str, set[str]] = {}
+    """Every retained version verifies; the version objects are the retained ones."""
+    used: set[tuple[str, int]] = set()
     out = {}
     for info in store.list():
         versions = store.versions(info.name)
@@ -67,21 +68,19 @@ def check_consistent(store: Store, raw: Raw) -> dict[str, list[int]]:
         assert numbers[-1] == info.version
         for v in versions:
             assert store.get(info.name, v.version).content_id == v.content_id
-            used.setdefault(v.content_id, set()).add(info.name)
+            used.add((info.name, v.version))
         out[info.name] = numbers
-    assert raw.blobs() == set(used)
-    for cid, names in used.items():
-        assert raw.refs(cid) == names
+    # A put that lost its race removes its version object; none is left over here
+    # (no writer died), and none that a head uses is missing.
+    assert {k for k in raw.version_keys() if k[0] in out} == used
     return out
 
 
 def hammer(
     pool: Executor, target: Target, tmp: Path, writers: int, puts: int, readers: int
 ) -> tuple[list[list[tuple[str, int, bool]]], list[dict[str, int]]]:
-    # On S3 (moto: one request at a time, on a busy 2-core machine) a lock hold can
-    # take half a second, and the lease lock is not FIFO: allow long waits.
-    extra = {"lock_timeout": 60} if target.kind == "s3" else {}
-    options = store_options(target, retain=RETAIN, **extra)
+    # moto serves one request at a time on a busy 2-core machine: allow long writes.
+    options = store_options(target, retain=RETAIN, write_timeout=60)
     stop = tmp / f"stop-{time.monotonic_ns()}"
     ok = _workers.allowed(NAMES, writers, puts)
     # moto serves one request at a time: S3 readers pause more between rounds.
@@ -111,8 +110,9 @@ def check_results(
     final = check_consistent(store, target.raw)
     for name in sorted(set(NAMES) - DELETED):
         created = sorted(v for r in results for n, v, c in r if n == name and c)
-        # Every created put got its own number: no lost update, no duplicate.
-        assert created == list(range(1, len(created) + 1)), (name, created)
+        # Every created put got its own number (no lost update, no duplicate); a
+        # number may be skipped where a writer lost the race to create it.
+        assert len(created) == len(set(created)) > 0, (name, created)
         assert final[name][-1] == created[-1]
 
 

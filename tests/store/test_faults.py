@@ -51,39 +51,37 @@ def assert_unavailable(store: Store, exc: Unavailable, key: str, why: str) -> No
 def test_redis_stopped_and_restarted(private_redis: RedisServer) -> None:
     with open_store(private_redis.url + "?prefix=f", **opts()) as store:
         first = store.put("alpha", bundle(1))
+        marker = store.marker()
         private_redis.stop()
         start = time.monotonic()
-        calls: dict[str, list[Callable[[], object]]] = {
-            "alpha": [
-                lambda: store.put("alpha", bundle(2)),
-                lambda: store.get("alpha"),
-                lambda: store.versions("alpha"),
-                lambda: store.info("alpha"),
-                lambda: store.delete("alpha"),
-            ],
-            first.content_id: [lambda: store.get_by_id(first.content_id)],
-        }
-        for key, fns in calls.items():
-            for fn in fns:
-                with pytest.raises(Unavailable) as exc:
-                    fn()
-                assert_unavailable(store, exc.value, key, "Redis not reachable")
-                assert "after 2 attempt(s)" in str(exc.value)
+        calls: list[Callable[[], object]] = [
+            lambda: store.put("alpha", bundle(2)),
+            lambda: store.get("alpha"),
+            lambda: store.versions("alpha"),
+            lambda: store.info("alpha"),
+            lambda: store.delete("alpha"),
+            lambda: store.rollback("alpha", 1),
+        ]
+        for fn in calls:
+            with pytest.raises(Unavailable) as exc:
+                fn()
+            assert_unavailable(store, exc.value, "alpha", "Redis not reachable")
+            assert "after 2 attempt(s)" in str(exc.value)
         with pytest.raises(Unavailable):
             store.list()
         with pytest.raises(Unavailable):
-            store.epoch()
+            store.marker()
         assert time.monotonic() - start < 20  # bounded retries, no hanging
 
         private_redis.start()
         # The same client, not recreated: the data from before is intact and the
         # failed put and delete left no trace.
         got = store.get("alpha")
-        assert (got.version, got.data) == (1, bundle(1))
+        assert (got.version, got.data, got.content_id) == (1, bundle(1), first.content_id)
         assert [v.version for v in store.versions("alpha")] == [1]
-        assert store.epoch() == 1
+        assert store.marker() == marker
         assert store.put("alpha", bundle(2)).version == 2
-        assert store.epoch() == 2
+        assert store.marker() != marker
 
 
 @pytest.mark.redis
@@ -107,7 +105,7 @@ def test_redis_frozen_times_out_then_recovers(private_redis: RedisServer) -> Non
 @pytest.mark.timeout(120)
 def test_redis_stopped_while_writers_and_readers_run(private_redis: RedisServer) -> None:
     """Stop Redis under load, restart it: every acknowledged put is there, every
-    version verifies, blobs and refs match the heads."""
+    version verifies, the version objects are exactly the retained versions."""
     url = private_redis.url + "?prefix=f"
     acked: list[tuple[str, int, str]] = []
     failures: dict[str, int] = {"put": 0, "get": 0}
@@ -166,13 +164,8 @@ def test_redis_stopped_while_writers_and_readers_run(private_redis: RedisServer)
         with open_store(url, **opts(retain=1000)) as store:
             for name, version, cid in acked:
                 assert store.get(name, version).content_id == cid
-            used: dict[str, set[str]] = {}
-            for info in store.list():
-                for v in store.versions(info.name):
-                    used.setdefault(v.content_id, set()).add(info.name)
-            assert raw.blobs() == set(used)
-            for cid, names in used.items():
-                assert raw.refs(cid) == names
+            used = {(i.name, v.version) for i in store.list() for v in store.versions(i.name)}
+            assert used <= raw.version_keys()  # a write cut off by the outage may leave one
     finally:
         raw.close()
 
@@ -187,16 +180,16 @@ def test_watch_survives_a_redis_restart(private_redis: RedisServer) -> None:
             open_async_store(url, **opts()) as w,
             contextlib.aclosing(s.watch(poll_interval=0.1)) as it,
         ):
-            assert await asyncio.wait_for(anext(it), 5) == 0
+            assert await asyncio.wait_for(anext(it), 5) == await w.marker()
             await w.put("alpha", bundle(1))
-            assert await asyncio.wait_for(anext(it), 5) == 1
+            assert await asyncio.wait_for(anext(it), 5) == await w.marker()
             private_redis.stop()
             nxt = asyncio.ensure_future(anext(it))
             await asyncio.sleep(0.5)
             assert not nxt.done()  # the outage is waited out, not raised
             private_redis.start()
             await w.put("alpha", bundle(2))
-            assert await asyncio.wait_for(nxt, 10) == 2
+            assert await asyncio.wait_for(nxt, 10) == await w.marker()
 
     asyncio.run(main())
 
@@ -211,14 +204,15 @@ def test_s3_server_gone_and_back() -> None:
         with open_store(url, **opts(**server.credentials)) as store:
             r = store.put("alpha", bundle(1))
             server.stop()
-            for key, fn in (
-                ("alpha", lambda: store.get("alpha")),
-                ("alpha", lambda: store.put("alpha", bundle(2))),
-                (r.content_id, lambda: store.get_by_id(r.content_id)),
+            assert r.version == 1
+            for fn in (
+                lambda: store.get("alpha"),
+                lambda: store.put("alpha", bundle(2)),
+                lambda: store.delete("alpha"),
             ):
                 with pytest.raises(Unavailable) as exc:
                     fn()
-                assert_unavailable(store, exc.value, key, "S3 not reachable")
+                assert_unavailable(store, exc.value, "alpha", "S3: ")
             # moto keeps data in memory: the new server on the same port is empty.
             server.close()
             server = MotoServer(port=port)
@@ -247,31 +241,36 @@ with open_store(sys.argv[1], retain=2, validator=FAKE_VALIDATOR) as s:
 @pytest.mark.timeout(180)
 def test_directory_writer_killed_mid_put(tmp_path: Path) -> None:
     """SIGKILL a writer of 8 MB bundles at random points: readers always get a
-    complete verified bundle, and no head ever points to a missing blob."""
+    complete verified bundle, and no head ever points to a missing version object."""
     root = tmp_path / "store"
     url = root.as_uri()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     raw = FileRaw(root)
     with open_store(url, validator=FAKE_VALIDATOR) as store:
-        seen_epochs = []
+        seen = []
         for round_ in range(4):
-            before = store.epoch()
+            before = store.info("big").version if round_ else 0
             proc = subprocess.Popen(
                 [sys.executable, "-c", _KILLED_WRITER, url, str(round_ * 1000)], env=env
             )
             try:
                 deadline = time.monotonic() + 60
-                while store.epoch() < before + 2 and time.monotonic() < deadline:
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(NotFound):
+                        if store.info("big").version >= before + 2:
+                            break
                     time.sleep(0.05)
                 time.sleep(0.01 + 0.05 * round_)  # land somewhere inside a put
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-            seen_epochs.append(store.epoch())
             got = store.get("big")  # complete and verified, or Corrupt
             assert got.size >= 8_000_000
+            seen.append(got.version)
             for v in store.versions("big"):
-                assert raw.read_blob(v.content_id) is not None
-        assert seen_epochs == sorted(seen_epochs) and seen_epochs[-1] >= 8
-        # Whatever the kills left behind, the store still takes writes.
+                assert raw.read_version("big", v.version) is not None
+        assert seen == sorted(seen) and seen[-1] >= 8
+        # Whatever the kills left behind, the store still takes writes at once.
+        start = time.monotonic()
         assert store.put("big", fake_bundle(10**6, size=1000)).created
+        assert time.monotonic() - start < 5

@@ -29,20 +29,24 @@ def test_query_options_and_keywords() -> None:
     )
     assert (opts.retain, opts.timeout) == (4, 0.5)  # keywords win over the query
     assert config == RedisConfig(url="redis://127.0.0.1:6379/2", prefix="app:models")
-    _, opts, _ = parse_url("file:///s?fsync=false&max_bundle_bytes=1000&retries=1")
-    assert (opts.max_bundle_bytes, opts.retries) == (1000, 1)
+    _, opts, config = parse_url(
+        "file:///s?fsync=false&max_bundle_bytes=1000&retries=1&write_timeout=2.5"
+    )
+    assert (opts.max_bundle_bytes, opts.retries, opts.write_timeout) == (1000, 1, 2.5)
+    assert config == FileConfig(root=Path("/s"), fsync=False)
 
 
 def test_s3_urls() -> None:
     display, _, config = parse_url(
-        "s3://my-bucket/a/b?endpoint_url=http://127.0.0.1:9000&region=eu-west-1&lock_ttl=5"
+        "s3://my-bucket/a/b?endpoint_url=http://127.0.0.1:9000&region=eu-west-1"
+        "&addressing_style=virtual"
     )
     assert config == S3Config(
         bucket="my-bucket",
         prefix="a/b",
         endpoint_url="http://127.0.0.1:9000",
         region="eu-west-1",
-        lock_ttl=5.0,
+        addressing_style="virtual",
     )
     assert display == "s3://my-bucket/a/b?endpoint_url=http://127.0.0.1:9000"
     assert parse_url("s3://my-bucket")[2] == S3Config(bucket="my-bucket")
@@ -67,19 +71,26 @@ def test_display_url_has_no_credentials() -> None:
         ("file:///s", {"colour": "red"}, "unknown option\\(s\\) colour"),
         ("file:///s", {"prefix": "p"}, "unknown option\\(s\\) prefix"),
         ("file:///s?retain=0", {}, "retain=0"),
-        ("file:///s?retain=x", {}, "retain='x' is invalid: expected an integer"),
-        ("file:///s", {"retain": 2.5}, "expected an integer"),
-        ("file:///s", {"retain": True}, "expected an integer"),
-        ("file:///s?timeout=-1", {}, "a number > 0"),
-        ("file:///s?fsync=maybe", {}, "true or false"),
-        ("file:///s", {"validator": "inspect"}, "a callable"),
-        ("file:///s?max_bundle_bytes=0", {}, "max_bundle_bytes"),
+        ("file:///s?retain=x", {}, "retain='x' is invalid: Input should be a valid integer"),
+        ("file:///s", {"retain": 2.5}, "retain=2.5 is invalid: .* valid integer"),
+        ("file:///s", {"retain": True}, "retain=True is invalid: expected a number"),
+        ("file:///s?timeout=-1", {}, "timeout='-1' is invalid: .* greater than 0"),
+        ("file:///s?timeout=inf", {}, "timeout='inf' is invalid"),
+        (
+            "file:///s?write_timeout=61",
+            {},
+            "write_timeout='61' is invalid: .* less than or equal to 60",
+        ),
+        ("file:///s?fsync=maybe", {}, "fsync='maybe' is invalid: .* valid boolean"),
+        ("file:///s", {"validator": "inspect"}, "validator='inspect' is invalid: .* callable"),
+        ("file:///s?max_bundle_bytes=0", {}, "max_bundle_bytes='0' is invalid"),
         ("redis://h:1/0?prefix=a b", {}, "prefix='a b' is invalid"),
         ("redis://h:1/0?prefix=", {}, "prefix='' is invalid"),
         ("redis://h:1/0", {"prefix": "x*"}, "prefix='x\\*' is invalid"),
-        ("s3://Bad_Bucket/p", {}, "invalid S3 bucket name"),
-        ("s3://bucket/../p", {}, "invalid S3 key prefix"),
-        ("s3://bucket/a b", {}, "invalid S3 key prefix"),
+        ("s3://Bad_Bucket/p", {}, "bucket='Bad_Bucket' is invalid"),
+        ("s3://bucket/../p", {}, "prefix='../p' is invalid"),
+        ("s3://bucket/a b", {}, "prefix='a b' is invalid"),
+        ("s3://bucket/p?addressing_style=dns", {}, "addressing_style='dns' is invalid"),
         ("", {}, "non-empty string"),
     ],
 )
@@ -100,5 +111,5 @@ def test_directory_store_without_create(tmp_path: Path) -> None:
     with pytest.raises(StoreConfigError, match="does not exist"):
         open_store((tmp_path / "missing").as_uri(), create=False)
     with open_store((tmp_path / "new").as_uri()) as s:
-        assert (tmp_path / "new" / "heads").is_dir()
+        assert (tmp_path / "new" / "heads").is_dir() and (tmp_path / "new" / "versions").is_dir()
         assert s.url == (tmp_path / "new").as_uri()
