@@ -78,10 +78,15 @@ class Registry:
         self.synced_epoch: str | None = None  # the store's change marker at the last sync
         metrics.watch_caches(self._tier_stats)
 
+    def _task_tiers(self) -> list[ByteLRU[str, Any]]:
+        """Every tier that holds tasks by content id."""
+        return [self.packed, self.onnx, *(lane.hot for lane in self._torch_lanes())]
+
+    def _torch_lanes(self) -> list[TorchLane]:
+        return [lane for lane in list(self._lanes.values()) if isinstance(lane, TorchLane)]
+
     def _tier_stats(self) -> list[tuple[str, CacheStats]]:
-        hot = [
-            lane.hot.stats() for lane in list(self._lanes.values()) if isinstance(lane, TorchLane)
-        ]
+        hot = [lane.hot.stats() for lane in self._torch_lanes()]
         total = CacheStats(
             sum(s.items for s in hot),
             sum(s.bytes for s in hot),
@@ -107,9 +112,12 @@ class Registry:
         self.catalog.replace_all(listing)
         self.synced_epoch = marker
         live = {r.content_id for r in self.catalog.records()}
-        for cid in self.packed.cached_keys():
-            if cid not in live:
-                self.packed.discard(cid)
+        for (
+            tier
+        ) in self._task_tiers():  # versions no longer latest (requests in flight keep theirs)
+            for cid in tier.cached_keys():
+                if cid not in live:
+                    tier.discard(cid)
         self._drop_unused()
         self.metrics.store_syncs.inc()
         self._publish_gauges()
@@ -121,8 +129,8 @@ class Registry:
     def forget(self, name: str) -> None:
         record = self.catalog.remove(name)
         if record is not None:
-            self.packed.discard(record.content_id)
-            self.onnx.discard(record.content_id)
+            for tier in self._task_tiers():
+                tier.discard(record.content_id)
             self._drop_unused()
             self._publish_gauges()
 
