@@ -3,7 +3,7 @@
 #   make test    run the test suite (starts Redis and an S3 server on loopback when absent)
 #   make lint    ruff + mypy
 #   make bench   run every benchmark in bench/ and rewrite docs/benchmarks.md sections
-#   make bench-serving  only the serving benchmarks (HTTP load, task swap, cold task, runtimes, memory, batching)
+#   make bench-serving  only the serving benchmarks (HTTP load, task swap, cold task, runtimes, memory, batching, materialize)
 #   make compose-config  validate the compose files with Compose v2 itself (no engine needed)
 #   make image / image-gpu / up   build the images, docker compose up (needs a container engine)
 
@@ -52,7 +52,7 @@ lint: setup
 bench: setup data
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-SERVING_BENCHES := bench_serving bench_task_swap bench_cold_task bench_runtimes bench_memory bench_batching
+SERVING_BENCHES := bench_serving bench_task_swap bench_cold_task bench_runtimes bench_memory bench_batching bench_materialize
 bench-serving: setup data
 	@for b in $(SERVING_BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
