@@ -33,8 +33,8 @@ from trainer.config import TrainConfig
 from trainer.data import Normalize
 from trainer.errors import CheckpointError, TrainerError
 from trainer.io import atomic_write_bytes, atomic_write_json
-from trainer.loop import load_run_data, predict, read_result
 from trainer.model import build_model
+from trainer.run import load_run_data, predict, read_result
 
 __all__ = ["BUNDLE_NAME", "DENSE_NAME", "bundle_available", "export_run"]
 
@@ -80,7 +80,6 @@ def export_run(
     if result is None:
         raise CheckpointError(f"{run_dir} holds no finished run (no result.json)")
     cfg = TrainConfig.from_dict(result["config"])
-    cfg.validate()
     data = load_run_data(cfg)
     model = build_model(cfg, data.arch_config)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, model)

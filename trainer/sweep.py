@@ -12,7 +12,6 @@ the bundle format is available. Outputs in ``out_dir``::
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -23,7 +22,8 @@ from trainer.config import ALL_STRATEGIES, TrainConfig
 from trainer.errors import ConfigError
 from trainer.export import BUNDLE_NAME, DENSE_NAME, bundle_available, export_run
 from trainer.io import atomic_write_bytes
-from trainer.loop import read_result, train
+from trainer.loop import train
+from trainer.run import read_result
 
 __all__ = ["expand", "render_table", "run_sweep", "write_plot"]
 
@@ -41,14 +41,11 @@ def expand(
         for strategy in strategies:
             if strategy in ("dense", "mask", "one_layer"):
                 if scale == scales[0]:
-                    out.append(dataclasses.replace(base, strategy=strategy, ratio=None))
+                    out.append(base.replace(strategy=strategy, ratio=None))
             elif strategy == "mp":
-                out.append(dataclasses.replace(base, strategy="mp", ratio=None, scale=scale))
+                out.append(base.replace(strategy="mp", ratio=None, scale=scale))
             elif strategy == "rp":
-                out += [
-                    dataclasses.replace(base, strategy=strategy, ratio=r, scale=scale)
-                    for r in ratios
-                ]
+                out += [base.replace(strategy=strategy, ratio=r, scale=scale) for r in ratios]
             else:
                 raise ConfigError(
                     f"unknown strategy {strategy!r}; choose from {', '.join(ALL_STRATEGIES)}"
