@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import table, write_section
 from pemn.archs import create_model
+from pemn.layers import layer_specs
 from pemn.masking import MaskedConv2d, MaskedLinear, to_masked, topk_mask
-from pemn.prototype import Strategy, generate, layer_specs
+from pemn.prototype import Strategy, generate
 
 STRATEGIES = [
     ("dense", None),

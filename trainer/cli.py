@@ -56,7 +56,7 @@ def _print_config(title: str, values: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainer.export import DENSE_NAME, bundle_available, export_run
+    from trainer.export import DENSE_NAME, export_run
     from trainer.io import check_writable
     from trainer.loop import train
     from trainer.publish import Publisher
@@ -80,10 +80,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         publisher = Publisher(args.publish, name=args.name or out.stem, api_key=args.api_key)
         publisher.check()
-    if not cfg.dense and not bundle_available():
-        raise TrainerError(
-            "the bundle format (pemn.bundle) is not in this tree yet; cannot write --out"
-        )
     train(cfg, run_dir, resume=args.resume, progress=args.progress)
     export_run(run_dir, out, provenance={"command": "python -m trainer " + " ".join(sys.argv[1:])})
     if publisher is not None:

@@ -34,15 +34,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pemn.prototype import layer_specs, stats
+from pemn.devices import resolve_device
+from pemn.layers import layer_specs
+from pemn.normalize import Normalize
+from pemn.prototype import stats
 from trainer.checkpoint import CHECKPOINT_NAME, CheckpointState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import Augment, ImageSet, Normalize, steps_per_epoch, train_batches
+from trainer.data import Augment, ImageSet, steps_per_epoch, train_batches
 from trainer.errors import CheckpointError, TrainerError
 from trainer.io import atomic_write_json
 from trainer.metrics import MetricsLog, plot_curves
 from trainer.model import build_model, trainable_parameters
-from trainer.run import RunData, accuracy, load_run_data, predict, preflight, resolve_device
+from trainer.run import RunData, accuracy, load_run_data, predict, preflight
 from trainer.schedule import lr_at
 from trainer.state import RunState, Tally
 

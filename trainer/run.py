@@ -15,16 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from pemn.devices import resolve_device
+from pemn.normalize import Normalize
 from trainer.config import TrainConfig
 from trainer.data import (
     DATASET_SHAPES,
     ImageSet,
-    Normalize,
     channel_stats,
     load_dataset,
     split_validation,
 )
-from trainer.errors import ConfigError
 from trainer.model import build_model, model_config
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "predict",
     "preflight",
     "read_result",
-    "resolve_device",
 ]
 
 
@@ -58,20 +57,6 @@ def load_run_data(cfg: TrainConfig) -> RunData:
     train, val = split_validation(full, cfg.val_size, cfg.seed)
     mean, std = channel_stats(train)
     return RunData(train, val, test, mean, std, model_config(cfg, train.shape, train.num_classes))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
-    return device
 
 
 def preflight(cfg: TrainConfig) -> None:

@@ -2,8 +2,8 @@
 directory each, then a markdown table and an accuracy-vs-size plot.
 
 A sweep is resumable: a run whose ``result.json`` matches its config is skipped, a
-run with a checkpoint is resumed, and a finished run without a bundle gets one when
-the bundle format is available. Outputs in ``out_dir``::
+run with a checkpoint is resumed, and a finished run without its exported file
+(bundle, or the dense baseline's safetensors) gets one. Outputs in ``out_dir``::
 
     <label>/        one run directory per configuration (see trainer.loop)
     table.md        the results table
@@ -20,7 +20,7 @@ from typing import Any
 
 from trainer.config import ALL_STRATEGIES, TrainConfig
 from trainer.errors import ConfigError
-from trainer.export import BUNDLE_NAME, DENSE_NAME, bundle_available, export_run
+from trainer.export import BUNDLE_NAME, DENSE_NAME, export_run
 from trainer.io import atomic_write_bytes
 from trainer.loop import train
 from trainer.run import read_result
@@ -71,7 +71,7 @@ def run_sweep(
             train(cfg, run_dir, resume=True, progress=progress, echo=echo)
         else:
             echo(f"[{i + 1}/{len(configs)}] {cfg.label()}: already trained, skipped")
-        if (cfg.dense or bundle_available()) and not (run_dir / "export.json").exists():
+        if not (run_dir / "export.json").exists():
             export_run(run_dir, run_dir / (DENSE_NAME if cfg.dense else BUNDLE_NAME), echo=echo)
         result = read_result(run_dir)
         assert result is not None

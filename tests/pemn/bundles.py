@@ -18,8 +18,10 @@ from torch import nn
 
 from pemn.archs import create_model, resolve_config
 from pemn.bundle import InputSpec, write_bundle
-from pemn.masking import kept_count, trained_state
-from pemn.prototype import Strategy, layer_specs, normal
+from pemn.bundle.bits import kept_count
+from pemn.layers import layer_specs
+from pemn.masking import trained_state
+from pemn.prototype import Strategy, normal
 
 __all__ = ["deterministic_masks", "edit_manifest", "make_bundle", "make_model_state"]
 

@@ -3,7 +3,7 @@ import torch
 
 from pemn.archs import UnknownArchitectureError, create_model, list_archs, resolve_config
 from pemn.errors import InvalidParameterError
-from pemn.prototype import maskable_layers
+from pemn.layers import maskable_layers
 from tests.pemn.small import ARCHS, SMALL
 
 

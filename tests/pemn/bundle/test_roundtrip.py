@@ -8,9 +8,10 @@ from torch import nn
 
 from pemn.archs import create_model
 from pemn.bundle import InputSpec, inspect_bundle, read_bundle, write_bundle
+from pemn.layers import layer_specs
 from pemn.masking import extract_masks, to_masked, trained_state
 from pemn.materialize import Backbone, materialize, unpack_bits
-from pemn.prototype import Strategy, generate, layer_specs
+from pemn.prototype import Strategy, generate
 from tests.pemn.bundles import make_bundle
 from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
 
