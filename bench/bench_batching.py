@@ -6,25 +6,20 @@ on its own. This explains the serving and task-swapping results.
 
 Every variant runs interleaved with the others, ``--repeats`` times; medians.
 
-Run: python bench/bench_batching.py [--threads 1] [--tasks 16]
+Run: python -m bench.bench_batching [--threads 1] [--tasks 16]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from bench._report import table, write_section
+from bench._report import interleaved_medians, table, write_section
 from bench._serving import MODEL, images, load_average, task_bundle
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
@@ -34,16 +29,7 @@ SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(2):
-        for fn in fns.values():
-            fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: 1000 * s for k, s in interleaved_medians(fns, repeats).items()}
 
 
 def main() -> None:
@@ -178,25 +164,17 @@ def main() -> None:
     ]
     tb = min(per_item["torch"], key=lambda n: per_item["torch"][n])
     ob = min(per_item["onnx"], key=lambda n: per_item["onnx"][n])
-    reading = f"""Reading: PyTorch eager is cheapest per item at batch {tb}
-({per_item["torch"][tb]:.2f} ms), {per_item["torch"][1] / per_item["torch"][tb]:.1f}x cheaper than at
-batch 1 (its per-operator overhead is paid per batch), and dearer again at
-batch 64 ({per_item["torch"][64] / per_item["torch"][tb]:.1f}x: activations leave the caches).
-ONNX Runtime varies little with batch size ({per_item["onnx"][1] / per_item["onnx"][ob]:.2f}x
-from batch 1 to its best, batch {ob}). So on this CPU, dynamic batching buys PyTorch
-up to {per_item["torch"][1] / per_item["torch"][tb]:.1f}x, and ONNX Runtime little.
-Across tasks, one vmap over {t_} tasks' weights needs those weights stacked for every
-batch; counted in, it runs at {cross["seq"] / cross["vmap+stack"]:.2f}x the speed of
-{t_} batches of one (and {cross["seq"] / cross["vmap"]:.2f}x with the stacking free), far from
-the {cross["seq"] / cross["one"]:.1f}x of a real batch of {t_}, and with fewer tasks or
-several items per task it is slower than one batch per task (last table): vmap turns
-the convolutions into grouped ones, which are not faster per item here. Exact
-(within {exact:.0e}), but the gain is small and only in the best case, so it was not
-adopted."""
+    pt, po = per_item["torch"], per_item["onnx"]
+    figures = f"""Per item, torch: cheapest at batch {tb} ({pt[tb]:.2f} ms), {pt[1] / pt[tb]:.1f}x
+cheaper than at batch 1; batch 64 costs {pt[64] / pt[tb]:.1f}x its best. ONNX Runtime: batch 1
+costs {po[1] / po[ob]:.2f}x its best (batch {ob}). Across {t_} tasks of one item: one vmap
+with the stacking runs at {cross["seq"] / cross["vmap+stack"]:.2f}x the speed of {t_} batches
+of one ({cross["seq"] / cross["vmap"]:.2f}x with the weights stacked beforehand; one real
+batch of {t_}: {cross["seq"] / cross["one"]:.1f}x)."""
     body = f"""
 Model: {MODEL}; torch and ONNX Runtime pinned to {args.threads} thread(s); in-process,
 one forward per timing, variants interleaved, medians. Load average (1/5/15 min):
-from {loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+from {loads[0]} to {loads[-1]}.
 
 Cost per item vs batch size (one task). `torch` is what the service runs
 (`PEMN_CHANNELS_LAST=true`, the default: convolution weights channels-last);
@@ -213,7 +191,7 @@ Other mixes of tasks and items (one batch per task vs one vmap, weights stacked 
 
 {table(["tasks", "items per task", "one batch per task ms", "vmap ms", "vmap speed-up"], mixes)}
 
-{reading}
+{figures}
 """
     print(body)
     if not args.no_write:
@@ -221,7 +199,7 @@ Other mixes of tasks and items (one batch per task vs one vmap, weights stacked 
             "batching",
             "Batching on CPU: cost per item vs batch size, and across tasks",
             body,
-            "python bench/bench_batching.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_batching " + " ".join(sys.argv[1:]),
         )
 
 

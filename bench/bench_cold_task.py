@@ -14,7 +14,7 @@ checkpoint, in the same run; p50 and p99 over ``--tasks`` fresh tasks.
 - with ``--onnx K``: the first request to K fresh tasks on a pemn-serve running the
   ONNX Runtime backend (export, or re-weighting of the backbone's graph, + session).
 
-Run: python bench/bench_cold_task.py [--tasks 50] [--onnx 5] [--compare REV]
+Run: python -m bench.bench_cold_task [--tasks 50] [--onnx 5] [--compare REV]
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -46,7 +44,7 @@ from bench._serving import (
 from bench.baseline_server import load_dense
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess
 
 
 def _timed_predict(client: TimedClient, name: str, body: str) -> float:
@@ -183,34 +181,20 @@ def main() -> None:
     ours = p50("in-process: bundle -> task module (backbone resident)")
     dense = p50("in-process: dense checkpoint -> module")
     onnx_now = rows.get("pemn-serve (onnx runtime): first request")
-    onnx_before = [
-        v for k, v in rows.items() if "@" in k and k.endswith("(onnx runtime): first request")
+    onnx_before = {
+        k: v for k, v in rows.items() if "@" in k and k.endswith("(onnx runtime): first request")
+    }
+    figures = [
+        f"first request, pemn-serve / baseline (p50): {first:.1f} / {base:.1f} ms = "
+        f"{first / base:.1f}x",
+        f"in-process, bundle -> task / dense checkpoint -> module (p50): {ours:.1f} / "
+        f"{dense:.1f} ms = {ours / dense:.1f}x",
+        f"dense checkpoint / bundle size: {sizes[1] / len(bundles[1]):.0f}x",
     ]
-    onnx_text = (
-        f" With the ONNX runtime, a fresh task's first request takes {percentile(onnx_now, 50):.0f} ms"
-        + (
-            f" (p50), down from {percentile(onnx_before[0], 50):,.0f} ms before this branch, which"
-            " exported every task to ONNX (now: exported once per backbone, re-weighted per task)."
-            if onnx_before
-            else " (p50)."
-        )
-        if onnx_now
-        else ""
-    )
-    reading = f"""Reading: the first request to a fresh task on a resident backbone takes
-{first:.1f} ms (p50) vs {base:.1f} ms for the plain server's first request to a network it
-loads from a dense checkpoint ({first / base:.1f}x); a warm request costs about the same on
-both (second-request rows). In-process, bundle -> task costs {ours:.1f} ms vs {dense:.1f} ms
-for safetensors -> dense module ({ours / dense:.1f}x), although the bundle is
-{sizes[1] / len(bundles[1]):.0f}x smaller:
-the time goes to Python, not bytes. Profiled (cProfile): about a third is `read_bundle`
-rebuilding the architecture on the meta device to validate the manifest against it
-(`arch_layout` -> `create_model`, once per bundle), about a third `Backbone.task`'s
-`copy.deepcopy` of the meta template module, and a tenth `load_state_dict`; the
-server adds a store read and three thread-pool hand-offs. Both hot spots are in `pemn/`
-(memoizing `arch_layout` per architecture and config, and building the task module
-without a deep copy) and are left to the core library's owners; in absolute terms a
-cold task costs a few tens of milliseconds once, after which it is resident.{onnx_text}"""
+    if onnx_now:
+        figures.append(f"onnx runtime, first request (p50): {percentile(onnx_now, 50):.0f} ms")
+    figures += [f"{k} (p50): {percentile(v, 50):,.0f} ms" for k, v in onnx_before.items()]
+    figure_text = "\n".join(f"- {f}" for f in figures)
     out = []
     for what, ms in rows.items():
         out.append([what, len(ms), f"{percentile(ms, 50):.1f}", f"{percentile(ms, 99):.1f}"])
@@ -221,13 +205,13 @@ files on disk (baseline). Torch pinned to {args.threads} thread(s). Every server
 serves task 0 (pemn-serve: that builds the backbone), then the first request to
 each fresh task is timed on the client; servers alternate task by task. p99 over n
 samples is close to the maximum when n is small. Load average (1/5/15 min): from
-{loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+{loads[0]} to {loads[-1]}.
 
 {table(["what", "n", "p50 ms", "p99 ms"], out)}
 
 {note_text}
 
-{reading}
+{figure_text}
 """
     print(body)
     if not args.no_write:
@@ -235,7 +219,7 @@ samples is close to the maximum when n is small. Load average (1/5/15 min): from
             "cold_task",
             "Cold task: first request to a task on a resident backbone vs a dense checkpoint",
             body,
-            "python bench/bench_cold_task.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_cold_task " + " ".join(sys.argv[1:]),
         )
 
 

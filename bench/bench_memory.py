@@ -12,7 +12,7 @@ Three servers, torch pinned to ``--threads`` thread(s):
   networks (loaded lazily from dense checkpoints), RSS.
 Per additional task = (value at 100 tasks - value at 1 task) / 99.
 
-Run: python bench/bench_memory.py [--tasks 1,10,50,100]
+Run: python -m bench.bench_memory [--tasks 1,10,50,100]
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import table, write_section
 from bench._serving import (
@@ -188,19 +186,6 @@ def main() -> None:
             ],
         ],
     )
-    reading = f"""Reading: a *materialized* task costs about one dense copy
-({vs(mat_acc)} accounted, {vs(per("materialized rss"))} in RSS): its masked weights
-(fixed * mask) are held dense in fp32 for speed; only the backbone's fixed weights
-({last["materialized backbone"] / 1e3:,.0f} kB) are shared, once. The baseline pays
-{vs(per("baseline rss"))} of a dense copy in RSS per extra network (tensors plus module
-objects), so materialized tasks are on par with dense serving, not smaller. A *packed*
-task (resident as its validated bundle, materialized on demand by the LRU) costs
-{vs(pk_acc)} of a dense copy accounted and {vs(per("packed rss"))} in RSS: the bundle
-bytes (1 bit per weight) plus Python objects the byte count does not include (the
-parsed manifest and layout, about 16 kB per bundle, measured with tracemalloc) and
-the per-model Prometheus series (about 17 kB per model name). So the memory claim
-holds for packed tasks: with a cache budget of N materialized tasks, K >> N tasks stay
-servable at {kb(per("packed rss"))} each."""
     body = f"""
 Model: {MODEL}. One dense copy of the network: {dense_state:,} bytes of fp32 state
 ({dense_params:,} of parameters; the dense safetensors checkpoint is {checkpoint:,} bytes);
@@ -216,8 +201,6 @@ so small steps are noisy; the slope over {span} tasks is what counts. Torch pinn
 Per additional task (slope from {steps[0]} to {steps[-1]} tasks):
 
 {table2}
-
-{reading}
 """
     print(body)
     if not args.no_write:
@@ -225,7 +208,7 @@ Per additional task (slope from {steps[0]} to {steps[-1]} tasks):
             "memory",
             "Memory: bytes resident per additional task vs a dense copy",
             body,
-            "python bench/bench_memory.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_memory " + " ".join(sys.argv[1:]),
         )
 
 

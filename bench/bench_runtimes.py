@@ -7,7 +7,7 @@ batch 32 is sent both as nested JSON lists and as a base64 ``.npy`` (what the
 decoding costs). In-process: ``TorchRunner`` vs ``OnnxRunner`` on the same task,
 interleaved. Both runtimes are pinned to ``--threads`` intra-op threads.
 
-Run: python bench/bench_runtimes.py [--threads 1] [--requests 200]
+Run: python -m bench.bench_runtimes [--threads 1] [--requests 200]
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -39,8 +37,8 @@ from bench._serving import (
 )
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
+from pemn.testing import ServerProcess
 from service.runtimes import OnnxRunner, TorchRunner
-from tests.service.server import ServerProcess
 
 NAME = "fashion"
 
@@ -159,14 +157,10 @@ def main() -> None:
     }
     lists = statistics.median(http[("onnx", "32", "JSON lists")])
     npy = statistics.median(http[("onnx", "32", "base64 .npy")])
-    reading = f"""Reading: ONNX Runtime is {run["1"]:.1f}x faster than PyTorch eager per forward at
-batch 1 and {run["32"]:.1f}x at batch 32 on this CPU; over HTTP the gain is
-{h[("1", "JSON lists")]:.1f}x at batch 1, where the request's own cost (transport, JSON,
-validation, response: the same for both runtimes) is a large share, and
-{h[("32", "JSON lists")]:.1f}x at batch 32. Sending 32 images as base64 `.npy` instead of
-nested JSON lists saves {lists - npy:.1f} ms per request (ONNX server). With exports now
-done once per backbone (see "Cold task"), the ONNX runtime is the faster choice for this
-model on CPU; the default stays `torch` (a product decision, not this benchmark's)."""
+    figures = f"""ONNX Runtime speed-up over PyTorch eager: in-process runner {run["1"]:.1f}x at
+batch 1, {run["32"]:.1f}x at batch 32; over HTTP {h[("1", "JSON lists")]:.1f}x at batch 1,
+{h[("32", "JSON lists")]:.1f}x at batch 32 (JSON lists). 32 images per request, nested
+JSON lists minus base64 `.npy`: {lists - npy:.1f} ms (ONNX server, HTTP p50)."""
     body = f"""
 Model: {MODEL}; one task, two pemn-serve processes (`PEMN_RUNTIME=torch` and
 `onnx`), torch and ONNX Runtime pinned to {args.threads} intra-op thread(s).
@@ -178,12 +172,11 @@ mean HTTP time minus that: transport, JSON decoding, validation, batching hand-o
 and the response. In-process
 runner: `TorchRunner` / `OnnxRunner` called on the same arrays in this process
 afterwards (no HTTP), interleaved. Outputs agree within 1e-4. Load
-average (1/5/15 min): from {loads[0]} to {loads[-1]} (shared 2-core machine with a
-training job running).
+average (1/5/15 min): from {loads[0]} to {loads[-1]}.
 
 {table(header, rows)}
 
-{reading}
+{figures}
 """
     print(body)
     if not args.no_write:
@@ -191,7 +184,7 @@ training job running).
             "runtimes",
             "ONNX Runtime vs PyTorch runtime",
             body,
-            "python bench/bench_runtimes.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_runtimes " + " ".join(sys.argv[1:]),
         )
 
 

@@ -6,17 +6,16 @@ All 100 tasks are materialized before measuring (one request each), so the runs
 measure swapping, not loading; the cache-miss counter is checked to stay put.
 Runs alternate between the two workloads, ``--rounds`` times; medians over rounds.
 
-Run: python bench/bench_task_swap.py [--tasks 100] [--threads 1] [--rounds 3]
+Run: python -m bench.bench_task_swap [--tasks 100] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import table, write_section
 from bench._serving import (
@@ -26,13 +25,12 @@ from bench._serving import (
     images,
     inputs_file,
     load_average,
-    median,
     pemn_server,
     run_load,
     task_bundle,
     upload,
 )
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess
 
 
 def _counters(s: ServerProcess) -> tuple[float, float, float]:
@@ -135,8 +133,8 @@ def main() -> None:
                     f"**{ratio:.2f}x** {'met' if ratio >= 0.9 else 'missed'}",
                     f"{a.p50:.1f} / {a.p99:.1f}",
                     f"{b.p50:.1f} / {b.p99:.1f}",
-                    f"{median(batch[(label, one, c)]):.1f}",
-                    f"{median(batch[(label, many, c)]):.1f}",
+                    f"{statistics.median(batch[(label, one, c)]):.1f}",
+                    f"{statistics.median(batch[(label, many, c)]):.1f}",
                 ]
             )
     header = [
@@ -162,22 +160,10 @@ def main() -> None:
         if not missed
         else "missed at concurrency " + ", ".join(map(str, missed))
     )
-    reading = f"""Reading: the goal (round-robin >= 0.9x one task) is **{verdict}** for
-this tree ({", ".join(f"{r:.2f}x at {c}" for c, r in ratios.items())}). At
-concurrency 1 every batch holds one request in both workloads, so that ratio is the
-cost of swapping itself (tasks are resident; the request's task is a dictionary
-lookup, and its weights must come back into the CPU caches). What differs under
-load is batching: requests for one task queue together and run as one batch (mean batch
-column), while 100 round-robin tasks leave at most one request per task queue, so
-every batch holds one item. Whether that costs throughput depends on the runtime's
-cost per item at batch 1 vs batch 8-32 (see "Batching on CPU"): PyTorch eager pays
-its per-operator overhead per batch and is 1.5-2x cheaper per item in batches. ONNX
-Runtime's forward is about as cheap per item at batch 1, but at 0.6 ms per item the
-server's own per-batch costs (the inference thread's hand-off of each batch and its
-results to the event loop, three metric updates, and the GIL both threads share) are
-no longer small next to it, so one-item batches still cost throughput. Batching across tasks (vmap over the
-tasks' stacked weights) was measured and not adopted: with the stacking it needs per
-batch it is at best about as fast as running the tasks one by one (same section)."""
+    goal = (
+        f"Goal (round-robin >= 0.9x one task, pemn-serve): "
+        f"{', '.join(f'{r:.2f}x at {c}' for c, r in ratios.items())}: **{verdict}**."
+    )
     body = f"""
 Model: {MODEL}; {args.tasks} tasks = {args.tasks} bundles over the same backbone
 (`make_bundle(..., mask_seed=i)`), all materialized ({args.runtime} runtime) before measuring;
@@ -187,11 +173,11 @@ lists; torch pinned to {args.threads} thread(s); local-directory store. Load:
 {args.duration:g} s measured; "{many}" sends request i to task i mod {args.tasks}.
 The two workloads alternate, {args.rounds} rounds, medians over rounds. Errors
 (non-200): {errors}. Load average (1/5/15 min) during the runs: from {loads[0]} to
-{loads[-1]} (shared 2-core machine with a training job running).
+{loads[-1]}.
 
 {table(header, rows)}
 
-{reading}
+{goal}
 """
     print(body)
     if not args.no_write:
@@ -200,7 +186,7 @@ The two workloads alternate, {args.rounds} rounds, medians over rounds. Errors
             f"task_swap{suffix}",
             f"Task swapping: round-robin over {args.tasks} tasks vs one task ({args.runtime})",
             body,
-            "python bench/bench_task_swap.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_task_swap " + " ".join(sys.argv[1:]),
         )
 
 

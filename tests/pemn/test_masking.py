@@ -8,7 +8,7 @@ from pemn.errors import InvalidParameterError
 from pemn.layers import layer_specs, maskable_layers
 from pemn.masking import MaskedConv2d, MaskedLinear, apply_masks, extract_masks, to_masked
 from pemn.prototype import Strategy, generate
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.testing import ARCHS, SMALL, STRATEGIES, strategy_id
 
 
 def _masked(arch, strategy, density=0.5, seed=0):

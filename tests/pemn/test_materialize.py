@@ -49,7 +49,7 @@ def test_mp_layers_share_one_vector_and_the_backbone_counts_it_once() -> None:
     import torch
 
     from pemn.prototype import Strategy, generate
-    from tests.pemn.bundles import make_bundle
+    from pemn.testing import make_bundle
 
     bundle = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}, Strategy("mp")))
     fixed = generate(bundle.layout.layers, bundle.strategy)
@@ -130,7 +130,7 @@ def test_channels_last_backbone_runs_channels_last_and_agrees_with_nchw(arch, co
     import torch
 
     from pemn.prototype import Strategy
-    from tests.pemn.bundles import make_bundle
+    from pemn.testing import make_bundle
 
     b = read_bundle(make_bundle(arch, config, Strategy("mp", seed=0)))
     nchw = Backbone.for_bundle(b).task(b).module

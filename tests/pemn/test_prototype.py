@@ -11,7 +11,7 @@ from pemn.archs import create_model
 from pemn.errors import InvalidParameterError, UnknownStrategyError
 from pemn.layers import layer_specs
 from pemn.prototype import Strategy, digest, generate, normal, paper_compression, stats
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.testing import ARCHS, SMALL, STRATEGIES, strategy_id
 
 _MASK64 = (1 << 64) - 1
 

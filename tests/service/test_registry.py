@@ -14,9 +14,9 @@ import torch
 
 from pemn.materialize import Backbone
 from pemn.store import open_async_store
+from pemn.testing import make_bundle
 from service.metrics import Metrics
 from service.registry import Registry
-from tests.pemn.bundles import make_bundle
 
 
 def _registry(store, cache_bytes: int, pool: ThreadPoolExecutor) -> Registry:

@@ -12,8 +12,7 @@ from pemn.layers import layer_specs
 from pemn.masking import extract_masks, to_masked, trained_state
 from pemn.materialize import Backbone, materialize, unpack_bits
 from pemn.prototype import Strategy, generate
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.testing import ARCHS, SMALL, STRATEGIES, make_bundle, strategy_id
 
 SPEC1 = InputSpec(shape=(1, 28, 28), mean=(0.3,), std=(0.35,))
 

@@ -20,9 +20,8 @@ from pemn.bundle.spec import arch_layout
 from pemn.layers import LayerSpec
 from pemn.materialize import Backbone
 from pemn.prototype import Strategy, digest, generate, normal
+from pemn.testing import ARCHS, SMALL, make_bundle
 from tests.pemn.bundle import spec_reader
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import ARCHS, SMALL
 
 
 def test_spec_reader_imports_nothing_from_pemn() -> None:

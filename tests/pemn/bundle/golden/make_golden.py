@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pemn.prototype import Strategy
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 
 HERE = Path(__file__).resolve().parent
 
