@@ -42,16 +42,20 @@ GROUPS = {
 }
 
 
-def _cli(group: str, **extra: Any) -> dict[str, Any]:
-    """A field's command-line metadata: its group, and optionally ``choices``,
-    ``flag`` / ``short`` (other flag names), ``metavar``, ``runtime`` (may change on
-    resume)."""
+def _field(default: Any, help: str, group: str, **meta: Any) -> Any:
+    """A field: its default, help text and command-line group; bounds (``ge``, ``gt``,
+    ``le``, ``lt``) go to pydantic, the rest to the command line (``choices``, ``flag``
+    and ``short``: other flag names, ``metavar``, ``runtime``: may change on resume)."""
     assert group in GROUPS
-    return {"group": group, **extra}
+    bounds = {k: meta.pop(k) for k in ("ge", "gt", "le", "lt") if k in meta}
+    extra = {"group": group, **meta}
+    if default is dict:
+        return Field(default_factory=dict, description=help, json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
 
 
 def _extra(name: str) -> dict[str, Any]:
-    """The command-line metadata of field ``name`` (see ``_cli``)."""
+    """The command-line metadata of field ``name`` (see ``_field``)."""
     extra = TrainConfig.model_fields[name].json_schema_extra
     return extra if isinstance(extra, dict) else {}
 
@@ -62,161 +66,82 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     # --- model ---
-    arch: str = Field(
-        "convmixer",
-        description="architecture",
-        json_schema_extra=_cli("model", choices=list_archs()),
-    )
-    arch_config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="architecture config, repeatable (e.g. -c width=128 -c depth=4); "
+    arch: str = _field("convmixer", "architecture", "model", choices=list_archs())
+    arch_config: dict[str, Any] = _field(
+        dict,
+        "architecture config, repeatable (e.g. -c width=128 -c depth=4); "
         "the arch's defaults fill the rest",
-        json_schema_extra=_cli("model", flag="--config", short="-c", metavar="KEY=VALUE"),
+        "model",
+        flag="--config",
+        short="-c",
+        metavar="KEY=VALUE",
     )
-    strategy: str = Field(
+    strategy: str = _field(
         "mp",
-        description="dense (baseline, all weights trained) or a PEMN strategy",
-        json_schema_extra=_cli("model", choices=list(ALL_STRATEGIES)),
+        "dense (baseline, all weights trained) or a PEMN strategy",
+        "model",
+        choices=list(ALL_STRATEGIES),
     )
-    ratio: float | None = Field(
+    ratio: float | None = _field(
         None,
-        description="rp only: ratio of unique values, e.g. 1e-2; "
+        "rp only: ratio of unique values, e.g. 1e-2; "
         "unique values = int(ratio * largest layer size) + 1",
-        json_schema_extra=_cli("model"),
+        "model",
     )
-    scale: str = Field(
+    scale: str = _field(
         "paper",
-        description="mp/rp value scaling: paper (largest layer's fan_in) or fan_in (each layer's own)",
-        json_schema_extra=_cli("model", choices=list(SCALES)),
+        "mp/rp value scaling: paper (largest layer's fan_in) or fan_in (each layer's own)",
+        "model",
+        choices=list(SCALES),
     )
-    density: float = Field(
-        0.5,
-        gt=0,
-        lt=1,
-        description="fraction of weights each mask keeps",
-        json_schema_extra=_cli("model"),
-    )
-    seed: int = Field(
-        0,
-        description="seed of fixed weights, scores, split, order, augmentation",
-        json_schema_extra=_cli("model"),
-    )
+    density: float = _field(0.5, "fraction of weights each mask keeps", "model", gt=0, lt=1)
+    seed: int = _field(0, "seed of fixed weights, scores, split, order, augmentation", "model")
     # --- data ---
-    dataset: str = Field(
-        "fashion-mnist",
-        description="dataset",
-        json_schema_extra=_cli("data", choices=list(DATASETS)),
-    )
-    data_dir: str | None = Field(
+    dataset: str = _field("fashion-mnist", "dataset", "data", choices=list(DATASETS))
+    data_dir: str | None = _field(
         None,
-        description="directory of the dataset's files (default: per dataset; see trainer/data)",
-        json_schema_extra=_cli("data", runtime=True),
+        "directory of the dataset's files (default: per dataset; see trainer/data)",
+        "data",
+        runtime=True,
     )
-    val_size: int = Field(
-        0,
-        ge=0,
-        description="training examples held out for validation",
-        json_schema_extra=_cli("data"),
-    )
-    train_limit: int | None = Field(
-        None,
-        ge=1,
-        description="use only the first N training examples",
-        json_schema_extra=_cli("data"),
-    )
-    test_limit: int | None = Field(
-        None, ge=1, description="use only the first N test examples", json_schema_extra=_cli("data")
-    )
-    flip: bool = Field(
-        True,
-        description="random horizontal flips (default: on, except for mnist)",
-        json_schema_extra=_cli("data"),
-    )
-    crop_pad: int = Field(
-        0,
-        ge=0,
-        description="random crops with this zero padding per side, 0 = off",
-        json_schema_extra=_cli("data"),
-    )
+    val_size: int = _field(0, "training examples held out for validation", "data", ge=0)
+    train_limit: int | None = _field(None, "use only the first N training examples", "data", ge=1)
+    test_limit: int | None = _field(None, "use only the first N test examples", "data", ge=1)
+    flip: bool = _field(True, "random horizontal flips (default: on, except for mnist)", "data")
+    crop_pad: int = _field(0, "random crops with this zero padding per side, 0 = off", "data", ge=0)
     # --- optimisation: AdamW, per-step piecewise-linear learning rate (trainer.schedule) ---
-    epochs: int = Field(
-        3, ge=1, description="passes over the training set", json_schema_extra=_cli("optim")
+    epochs: int = _field(3, "passes over the training set", "optim", ge=1)
+    batch_size: int = _field(128, "examples per step (BatchNorm needs two)", "optim", ge=2)
+    lr_max: float = _field(0.01, "peak learning rate", "optim", gt=0)
+    weight_decay: float = _field(
+        0.005, "AdamW weight decay (hits the scores too, as in the paper)", "optim", ge=0
     )
-    batch_size: int = Field(
-        128,
-        ge=2,
-        description="examples per step (BatchNorm needs two)",
-        json_schema_extra=_cli("optim"),
+    warmup: float = _field(0.4, "fraction of steps warming up 0 -> lr-max", "optim", ge=0, le=1)
+    decay_end: float = _field(
+        0.8, "fraction of steps where the lr reaches lr-max * lr-floor", "optim", ge=0, le=1
     )
-    lr_max: float = Field(
-        0.01, gt=0, description="peak learning rate", json_schema_extra=_cli("optim")
+    lr_floor: float = _field(
+        0.05, "lr at --decay-end relative to lr-max, then linear to 0", "optim", ge=0, le=1
     )
-    weight_decay: float = Field(
-        0.005,
-        ge=0,
-        description="AdamW weight decay (hits the scores too, as in the paper)",
-        json_schema_extra=_cli("optim"),
+    # --- system (runtime=True: may change on resume) ---
+    device: str = _field(
+        "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", "system", runtime=True
     )
-    warmup: float = Field(
-        0.4,
-        ge=0,
-        le=1,
-        description="fraction of steps warming up 0 -> lr-max",
-        json_schema_extra=_cli("optim"),
+    threads: int | None = _field(
+        None, "torch CPU threads (default: torch's choice)", "system", ge=1, runtime=True
     )
-    decay_end: float = Field(
-        0.8,
-        ge=0,
-        le=1,
-        description="fraction of steps where the lr reaches lr-max * lr-floor",
-        json_schema_extra=_cli("optim"),
+    amp: bool = _field(
+        True, "mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU", "system"
     )
-    lr_floor: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="lr at --decay-end relative to lr-max, then linear to 0",
-        json_schema_extra=_cli("optim"),
+    channels_last: bool = _field(
+        True, "channels-last memory format, faster convolutions on CPU", "system"
     )
-    # --- system ---
-    device: str = Field(
-        "auto",
-        description="auto (cuda if available, else cpu), cpu, cuda or cuda:N",
-        json_schema_extra=_cli("system", runtime=True),
+    eval_batch_size: int = _field(
+        1000, "examples per evaluation batch", "system", ge=1, runtime=True
     )
-    threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch CPU threads (default: torch's choice)",
-        json_schema_extra=_cli("system", runtime=True),
-    )
-    amp: bool = Field(
-        True,
-        description="mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU",
-        json_schema_extra=_cli("system"),
-    )
-    channels_last: bool = Field(
-        True,
-        description="channels-last memory format, faster convolutions on CPU",
-        json_schema_extra=_cli("system"),
-    )
-    eval_batch_size: int = Field(
-        1000,
-        ge=1,
-        description="examples per evaluation batch",
-        json_schema_extra=_cli("system", runtime=True),
-    )
-    log_every: int = Field(
-        50,
-        ge=1,
-        description="steps between metrics.jsonl records",
-        json_schema_extra=_cli("system", runtime=True),
-    )
-    checkpoint_every: int = Field(
-        0,
-        ge=0,
-        description="steps between checkpoints, 0 = each epoch end",
-        json_schema_extra=_cli("system", runtime=True),
+    log_every: int = _field(50, "steps between metrics.jsonl records", "system", ge=1, runtime=True)
+    checkpoint_every: int = _field(
+        0, "steps between checkpoints, 0 = each epoch end", "system", ge=0, runtime=True
     )
 
     def __init__(self, **values: Any) -> None:
