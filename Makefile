@@ -50,11 +50,11 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup data
-	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in bench/bench_*.py; do b=$$(basename $$f .py); echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 SERVING_BENCHES := bench_serving bench_task_swap bench_cold_task bench_runtimes bench_memory bench_batching bench_materialize
 bench-serving: setup data
-	@for b in $(SERVING_BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in $(SERVING_BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 compose-config: setup
 	$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")') \

@@ -1,6 +1,8 @@
-"""Shared by the benchmarks: write a result section into docs/benchmarks.md and
-describe the machine. Each benchmark owns one section, delimited by markers
-``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; rerunning replaces it."""
+"""Shared by the benchmarks: timing (medians of interleaved runs), percentiles,
+tables, the machine's description, and writing a result section into
+docs/benchmarks.md. Each benchmark owns one section, delimited by markers
+``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; rerunning replaces it. What is
+outside the markers (the readings) is written by hand and left alone."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["machine", "median_time", "percentile", "table", "write_section"]
+__all__ = ["interleaved_medians", "machine", "percentile", "table", "write_section"]
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `bench/`; the command is given with each section.\n"
@@ -46,16 +48,57 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def interleaved_timings(
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int,
+    *,
+    warmup: int = 2,
+    before: Mapping[str, Callable[[], object]] | None = None,
+    sync: Callable[[], object] | None = None,
+) -> dict[str, list[float]]:
+    """Wall time in seconds of each ``fns[name]()`` in each of ``repeats`` timed
+    rounds after ``warmup`` untimed ones. Rounds are interleaved (round robin, the
+    order rotating each round) so that every function sees the same machine load;
+    ``before[name]()``, when given, runs untimed before each call of ``fns[name]``;
+    ``sync()`` (e.g. ``torch.cuda.synchronize``) runs before and after each timed call."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(warmup + repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            if before and name in before:
+                before[name]()
+            if sync is not None:
+                sync()
+            t = time.perf_counter()
+            fns[name]()
+            if sync is not None:
+                sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int,
+    *,
+    warmup: int = 2,
+    before: Mapping[str, Callable[[], object]] | None = None,
+    sync: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Median seconds of each function over ``interleaved_timings``' rounds."""
+    times = interleaved_timings(fns, repeats, warmup=warmup, before=before, sync=sync)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def paired_ratios(times: Mapping[str, Sequence[float]], base: str) -> dict[str, float]:
+    """Median over rounds of each function's time divided by ``base``'s in the same
+    round: robust to a machine whose speed drifts between rounds."""
+    return {
+        n: statistics.median(t / b for t, b in zip(v, times[base], strict=True))
+        for n, v in times.items()
+    }
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,5 +1,5 @@
 """Shared by the serving benchmarks: the model, its bundles and dense checkpoints,
-the two servers (pemn-serve through the tests' ``ServerProcess``, the baseline of
+the two servers (pemn-serve through ``pemn.testing.ServerProcess``, the baseline of
 ``bench/baseline_server.py``), the load generator, process RSS and machine load.
 
 The model is a Fashion-MNIST ConvMixer (width 128, depth 4, kernel 5, patch 2, on
@@ -26,21 +26,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pemn.bundle import read_bundle
+from pemn.materialize import materialize
+from pemn.prototype import Strategy
+from pemn.testing import HttpProcess, ServerProcess, free_port, make_bundle
 
-from pemn.bundle import read_bundle  # noqa: E402
-from pemn.materialize import materialize  # noqa: E402
-from pemn.prototype import Strategy  # noqa: E402
-from tests.pemn.bundles import make_bundle  # noqa: E402
-from tests.servers import free_port  # noqa: E402
-from tests.service.server import ServerProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "ARCH",
@@ -55,7 +50,6 @@ __all__ = [
     "images",
     "inputs_file",
     "load_average",
-    "median",
     "pemn_server",
     "rss",
     "run_load",
@@ -173,60 +167,27 @@ def pemn_server(
 
 
 def upload(server: ServerProcess, name: str, data: bytes) -> None:
-    r = server.client.post(
-        "/models",
-        params={"name": name},
-        content=data,
-        headers={"content-type": "application/octet-stream", "X-API-Key": AUTH_KEY},
-    )
+    """Upload ``data`` as ``name`` to a ``pemn_server``; raises unless it is stored."""
+    r = server.upload(name, data, AUTH_KEY)
     if r.status_code not in (200, 201):
         raise RuntimeError(f"upload of {name} failed: {r.status_code} {r.text}")
 
 
-class BaselineServer:
+class BaselineServer(HttpProcess):
     """``python -m bench.baseline_server`` on a free loopback port."""
 
     def __init__(
         self, models_dir: Path, threads: int, preload: Sequence[str] = (), timeout: float = 60
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._dir = tempfile.TemporaryDirectory(prefix="pemn-baseline-")
-        self._log = (Path(self._dir.name) / "server.log").open("w+b")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        argv = [sys.executable, "-m", "bench.baseline_server", "--port", str(self.port)]
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.baseline_server", "--port", str(port)]
         argv += ["--models-dir", str(models_dir), "--threads", str(threads)]
         argv += ["--preload", ",".join(preload)]
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=self._log)
-        self.client = httpx.Client(base_url=self.url, timeout=60.0)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"baseline server exited: {self.log()}")
-            try:
-                if self.client.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"baseline server not ready after {timeout}s: {self.log()}")
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        self._dir.cleanup()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        super().__init__(
+            argv, env, port=port, ready_path="/health", cwd=ROOT, timeout=timeout,
+            client_timeout=60.0,
+        )  # fmt: skip
 
 
 @dataclass
@@ -337,7 +298,3 @@ def rss(pid: int) -> int:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def median(values: Iterable[float]) -> float:
-    return statistics.median(list(values))

@@ -34,6 +34,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from pemn.archs import create_model
+from pemn.normalize import Normalize
 
 __all__ = ["create_app", "load_dense"]
 
@@ -45,21 +46,11 @@ class PredictRequest(BaseModel):
     return_logits: bool = False
 
 
-class _Normalize(nn.Module):
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
 def load_dense(checkpoint: bytes, meta: dict[str, Any]) -> nn.Module:
     """safetensors bytes -> eval-mode network (normalisation included)."""
     net = create_model(meta["arch"], **meta["config"])
     net.load_state_dict(load_safetensors(checkpoint))
-    return nn.Sequential(_Normalize(meta["mean"], meta["std"]), net).eval()
+    return nn.Sequential(Normalize(meta["mean"], meta["std"]), net).eval()
 
 
 def create_app(models_dir: Path, preload: list[str]) -> FastAPI:

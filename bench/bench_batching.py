@@ -9,7 +9,7 @@ Every variant runs interleaved with the others; each row's ratio is the median o
 the per-repeat ratios to the one-task batch of the same repeat (robust to a noisy
 machine), times are medians.
 
-Run: python bench/bench_batching.py [--threads 1] [--repeats 15]
+Run: python -m bench.bench_batching [--threads 1] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -18,23 +18,19 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 
-from bench._report import table, write_section
+from bench._report import interleaved_timings, paired_ratios, table, write_section
 from bench._serving import MODEL, images, load_average, task_bundle
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone, PackedTask
 from pemn.prototype import Strategy
+from pemn.testing import make_bundle
 from service.runtimes import OnnxGraphs, OnnxRunner, default_mixed_mode
-from tests.pemn.bundles import make_bundle
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -49,29 +45,18 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(
     fns: dict[str, Callable[[], object]], repeats: int
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median ms of each function and median ratio to the first one, interleaved."""
-    for _ in range(2):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    ratios: dict[str, list[float]] = {k: [] for k in fns}
-    base = next(iter(fns))
-    for _ in range(repeats):
-        t: dict[str, float] = {}
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            t[k] = (time.perf_counter() - start) * 1000
-        for k in fns:
-            times[k].append(t[k])
-            ratios[k].append(t[k] / t[base])
-    return (
-        {k: statistics.median(v) for k, v in times.items()},
-        {k: statistics.median(v) for k, v in ratios.items()},
-    )
+    """Median ms of each function, and its median per-round ratio to the first one."""
+    times = interleaved_timings(fns, repeats, sync=_sync)
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return ms, paired_ratios(times, next(iter(fns)))
 
 
 def _distinct(packed: PackedTask, n: int) -> list[PackedTask]:
@@ -267,7 +252,7 @@ output positions per weight, averaged over the maskable weights).
             "batching" if device.type == "cpu" else f"batching_{device.type}",
             "Batching on CPU: cost per item vs batch size, and batches that mix tasks",
             body,
-            "python bench/bench_batching.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_batching " + " ".join(sys.argv[1:]),
         )
 
 

@@ -2,7 +2,7 @@
 
 Models (CIFAR shapes: 3x32x32 inputs, 10 classes): ConvMixer-256/8, ResNet-56 and
 ViT (width 256, depth 6); strategies mp and rp 1e-2; masks of density 0.5 drawn
-from the generator (``tests.pemn.bundles.make_bundle``). Baselines: the
+from the generator (``pemn.testing.make_bundle``). Baselines: the
 materialized network's ``state_dict`` as fp32 safetensors and as ``torch.save``.
 
 Sizes: bundle bytes (and how much of them is the fp32 norm state) vs each dense file.
@@ -28,7 +28,7 @@ Parts (medians, ms): validate = ``read_bundle(verify=False)``; generate =
 masks unpacked and applied to the fixed weights; build = the rest of ``task``
 (module and buffers).
 
-Run: python bench/bench_bundle.py [--repeats 15] [--threads 1] [--save-json F] [--compare F]
+Run: python -m bench.bench_bundle [--repeats 15] [--threads 1] [--save-json F] [--compare F]
 """
 
 from __future__ import annotations
@@ -36,30 +36,26 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import struct
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+import pemn.bundle.reader as reader
+import pemn.materialize as M
+from bench._report import interleaved_medians, table, write_section
+from pemn.archs import create_model
+from pemn.bundle import read_bundle
+from pemn.materialize import Backbone, unpack_bits
+from pemn.prototype import Strategy, digest, generate
+from pemn.testing import make_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load as st_load  # noqa: E402
-from safetensors.torch import save as st_save  # noqa: E402
-
-import pemn.bundle.reader as reader  # noqa: E402
-import pemn.materialize as M  # noqa: E402
-from bench._report import table, write_section  # noqa: E402
-from pemn.archs import create_model  # noqa: E402
-from pemn.bundle import read_bundle  # noqa: E402
-from pemn.materialize import Backbone, unpack_bits  # noqa: E402
-from pemn.prototype import Strategy, digest, generate  # noqa: E402
-from tests.pemn.bundles import make_bundle  # noqa: E402
 
 MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("ConvMixer-256/8", "convmixer", {"width": 256, "depth": 8}),
@@ -79,27 +75,6 @@ def _clear_digests() -> None:
     forget = getattr(reader, "forget_digests", None)
     if forget is not None:
         forget()
-
-
-def _medians(
-    figures: dict[str, tuple[Callable[[], object], Callable[[], None] | None]], repeats: int
-) -> dict[str, float]:
-    """Median seconds of each figure's function. Runs are interleaved (round robin,
-    rotating the order) so that every figure sees the same machine load; each
-    figure's ``before()`` runs untimed before each of its calls; 2 warm-up rounds."""
-    names = list(figures)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(repeats + 2):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            fn, before = figures[name]
-            if before is not None:
-                before()
-            t = time.perf_counter()
-            fn()
-            if i >= 2:
-                times[name].append(time.perf_counter() - t)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def _dense_state(bundle_data: bytes) -> dict[str, torch.Tensor]:
@@ -177,21 +152,22 @@ def run(repeats: int) -> list[dict[str, Any]]:
                 "dense_st_bytes": len(st_bytes),
                 "dense_pt_bytes": len(pt_bytes),
             }
-            r |= _medians(
+            r |= interleaved_medians(
                 {
-                    "dense_st": (dense_st, None),
-                    "dense_pt": (dense_pt, None),
-                    "cold": (cold, _clear),
-                    "cold_seen": (cold, _clear_digests),
-                    "warm": (warm, None),
-                    "validate": (lambda data=data: read_bundle(data, verify=False), None),
-                    "generate": (lambda b=bundle: generate(b.layout.layers, b.strategy), None),
-                    "digest": (lambda fixed=fixed: digest(fixed), None),
-                    "backbone": (lambda b=bundle: Backbone.for_bundle(b), _clear),
-                    "task": (lambda bb=backbone, b=bundle: bb.task(b), None),
-                    "unpack_mul": (lambda bb=backbone, b=bundle: _unpack_mul(bb, b), None),
+                    "dense_st": dense_st,
+                    "dense_pt": dense_pt,
+                    "cold": cold,
+                    "cold_seen": cold,
+                    "warm": warm,
+                    "validate": lambda data=data: read_bundle(data, verify=False),
+                    "generate": lambda b=bundle: generate(b.layout.layers, b.strategy),
+                    "digest": lambda fixed=fixed: digest(fixed),
+                    "backbone": lambda b=bundle: Backbone.for_bundle(b),
+                    "task": lambda bb=backbone, b=bundle: bb.task(b),
+                    "unpack_mul": lambda bb=backbone, b=bundle: _unpack_mul(bb, b),
                 },
                 repeats,
+                before={"cold": _clear, "cold_seen": _clear_digests, "backbone": _clear},
             )
             rows.append(r)
             print(
@@ -327,12 +303,7 @@ def render(
         "Goals: dense/bundle size ratio >= 30x (the 1-bit ceiling is 32x); warm <= 0.5x and "
         "cold <= 1.0x the dense safetensors load.\n\n"
         f"### Sizes\n\n{sizes}\n\n"
-        "The 30x goal is met only where the folded norm state is a small part of the file. "
-        "Every BatchNorm channel costs 64 bits (scale and shift in fp32) against 1 bit per "
-        "weight: ConvMixer-256/8 has a BatchNorm after each of its 17 convolutions, so its "
-        "8,704 state values weigh 48% as much as its 581,120 mask bits; ResNet-56 adds a "
-        "manifest that lists 56 layers and 110 state tensors the reader re-derives from the "
-        "architecture anyway. Projected ratios of format changes (proposals, not implemented; "
+        "Projected ratios of format changes (proposals, not implemented; "
         "the manifest size is estimated by dropping `layers` and `trained`):\n\n"
         f"{projections}\n\n### Load time, ms (median of repeated runs)\n\n{times}\n\n"
         f"### Where the time goes, ms\n\n{parts}\n"
@@ -404,7 +375,7 @@ def main() -> None:
     baseline = json.loads(args.compare.read_text()) if args.compare else None
     name = str(args.compare.resolve().relative_to(ROOT)) if args.compare else ""
     body = render(rows, baseline, name)
-    command = f"python bench/bench_bundle.py --repeats {args.repeats} --threads {args.threads}" + (
+    command = f"python -m bench.bench_bundle --repeats {args.repeats} --threads {args.threads}" + (
         f" --compare {name}" if args.compare else ""
     )
     if args.no_docs:

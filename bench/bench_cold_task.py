@@ -15,7 +15,7 @@ checkpoint, in the same run; p50 and p99 over ``--tasks`` fresh tasks.
 - with ``--onnx K``: the first request to K fresh tasks on a pemn-serve running the
   ONNX Runtime backend (export, or re-weighting of the backbone's graph, + session).
 
-Run: python bench/bench_cold_task.py [--tasks 50] [--onnx 5] [--compare REV]
+Run: python -m bench.bench_cold_task [--tasks 50] [--onnx 5] [--compare REV]
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -47,7 +45,7 @@ from bench._serving import (
 from bench.baseline_server import load_dense
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess
 
 
 def _timed_predict(client: TimedClient, name: str, body: str) -> float:
@@ -218,7 +216,7 @@ samples is close to the maximum when n is small. Load average (1/5/15 min): from
             "cold_task",
             "Cold task: first request to a task on a resident backbone vs a dense checkpoint",
             body,
-            "python bench/bench_cold_task.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_cold_task " + " ".join(sys.argv[1:]),
         )
 
 

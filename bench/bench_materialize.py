@@ -7,29 +7,24 @@ forward, and within 4x of the copy.
 Also shown: the standalone module that tools build (``Backbone.task``), which is
 what the service built per task before (module construction).
 
-Run: python bench/bench_materialize.py [--repeats 200] [--threads 1]
+Run: python -m bench.bench_materialize [--repeats 200] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench._report import table, write_section
+from bench._report import interleaved_medians, table, write_section
 from bench._serving import load_average
 from bench.bench_batching import ARCHS
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
 from pemn.prototype import Strategy
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 
 NETWORKS = [k for k in ARCHS if not k.startswith("MLP")]
 
@@ -41,18 +36,9 @@ def _device_name(device: torch.device) -> str:
 def _medians(
     fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
 ) -> dict[str, float]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[k].append((time.perf_counter() - start) * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median microseconds of each function, interleaved (synchronized on a GPU)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return {k: v * 1e6 for k, v in interleaved_medians(fns, repeats, warmup=1, sync=sync).items()}
 
 
 def main() -> None:
@@ -121,7 +107,7 @@ the weights), what tools use. Load average (1/5/15 min): from {loads[0]} to {loa
             "materialize" if device.type == "cpu" else f"materialize_{device.type}",
             "Materializing a task from its packed form vs a copy and a forward",
             body,
-            "python bench/bench_materialize.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_materialize " + " ".join(sys.argv[1:]),
         )
 
 

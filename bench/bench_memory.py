@@ -12,7 +12,7 @@ Three servers, torch pinned to ``--threads`` thread(s):
   (loaded lazily from dense checkpoints), RSS.
 Per additional task = (value at the last step - value at the first) / their distance.
 
-Run: python bench/bench_memory.py [--tasks 1,10,100,1000]
+Run: python -m bench.bench_memory [--tasks 1,10,100,1000]
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import table, write_section
 from bench._serving import (
@@ -210,7 +208,7 @@ Per additional task (slope from {steps[0]} to {steps[-1]} tasks):
             "memory",
             "Memory: bytes resident per additional task vs a dense copy",
             body,
-            "python bench/bench_memory.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_memory " + " ".join(sys.argv[1:]),
         )
 
 

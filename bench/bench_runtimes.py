@@ -7,7 +7,7 @@ batch 32 is sent both as nested JSON lists and as a base64 ``.npy`` (what the
 decoding costs). In-process: the torch network vs the ONNX session of the same task,
 interleaved. Both runtimes are pinned to ``--threads`` intra-op threads.
 
-Run: python bench/bench_runtimes.py [--threads 1] [--requests 200]
+Run: python -m bench.bench_runtimes [--threads 1] [--requests 200]
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -39,8 +37,8 @@ from bench._serving import (
 )
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
+from pemn.testing import ServerProcess
 from service.runtimes import OnnxRunner
-from tests.service.server import ServerProcess
 
 NAME = "fashion"
 
@@ -176,7 +174,7 @@ average (1/5/15 min): from {loads[0]} to {loads[-1]}.
             "runtimes",
             "ONNX Runtime vs PyTorch runtime",
             body,
-            "python bench/bench_runtimes.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_runtimes " + " ".join(sys.argv[1:]),
         )
 
 

@@ -14,7 +14,7 @@ Modes (one cluster each):
   polling only    PEMN_STORE_HINTS=false: every pub/sub message lost; replicas find
                   the change by polling the store's epoch alone
 
-    python bench/bench_scaleout.py [--rounds 30] [--poll-intervals 2,0.5] [--no-write]
+    python -m bench.bench_scaleout [--rounds 30] [--poll-intervals 2,0.5] [--no-write]
 
 pub/sub runs at the first interval; polling only at each interval given.
 
@@ -29,14 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+from bench._report import percentile, table, write_section
+from pemn.testing import (
+    Cluster,
+    RedisServer,
+    make_bundle,
+)
 
-from bench._report import percentile, table, write_section  # noqa: E402
-from tests.deploy.scaleout import Cluster  # noqa: E402
-from tests.pemn.bundles import make_bundle  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REPLICAS = (1, 2)
 
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "message is lost and a change is found by polling the store's epoch alone, so it "
         "costs up to one poll interval (plus a listing) and never correctness.\n\n"
         + table(header, rows)
-        + "\n\nThe machine is shared (2 cores, other jobs running), so the tails include "
-        "scheduling noise; the replicas' start time is dominated by importing torch.\n"
+        + "\n"
     )
     if args.no_write:
         print(table(header, rows))
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "scaleout",
             "Scale-out: replicas converging on a new version over one Redis store",
             body,
-            f"python bench/bench_scaleout.py --rounds {args.rounds} --poll-intervals "
+            f"python -m bench.bench_scaleout --rounds {args.rounds} --poll-intervals "
             + ",".join(f"{p:g}" for p in args.poll_intervals),
         )
     return 0

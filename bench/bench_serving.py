@@ -9,17 +9,16 @@ after a warm-up. Runs alternate between the servers, ``--rounds`` times; the tab
 gives the median over rounds. pemn-serve is also run with its ONNX Runtime backend
 (``PEMN_RUNTIME=onnx``) as a third column unless ``--no-onnx``.
 
-Run: python bench/bench_serving.py [--threads 1] [--duration 10] [--rounds 3]
+Run: python -m bench.bench_serving [--threads 1] [--duration 10] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -32,7 +31,6 @@ from bench._serving import (
     images,
     inputs_file,
     load_average,
-    median,
     pemn_server,
     run_load,
     task_bundle,
@@ -148,8 +146,8 @@ def main() -> None:
                     "-" if n == "baseline" else f"**{m.throughput / base.throughput:.2f}x**",
                     f"{m.p50:.1f}",
                     f"{m.p99:.1f}",
-                    f"{median(batch[(n, c)]):.1f}" if (n, c) in batch else "-",
-                    f"{median(per_item[(n, c)]):.2f}" if (n, c) in per_item else "-",
+                    f"{statistics.median(batch[(n, c)]):.1f}" if (n, c) in batch else "-",
+                    f"{statistics.median(per_item[(n, c)]):.2f}" if (n, c) in per_item else "-",
                 ]
             )
     header = [
@@ -185,47 +183,16 @@ def main() -> None:
             return "-"
         return f"{med[(name, c)].throughput / med[('baseline', c)].throughput:.2f}x"
 
-    high = [c for c in levels if c > 1]
-    before = next((n for n in servers if "@" in n), None)
-    extra = []
-    if before:
-        extra.append(
-            f"Before this branch's service changes ({before}) the same server ran at "
-            + ", ".join(f"{vs_base(before, c)} at {c}" for c in levels)
-            + " of the baseline."
-        )
-    if "pemn-onnx" in servers:
-        extra.append(
-            "With its ONNX Runtime backend pemn-serve reaches "
-            + ", ".join(f"{vs_base('pemn-onnx', c)} at {c}" for c in levels)
-            + "."
-        )
+    ratios = "\n".join(
+        f"- {name}: " + ", ".join(f"{vs_base(name, c)} at {c}" for c in levels)
+        for name in servers
+        if name != "baseline"
+    )
     busy = ", ".join(
-        f"{median(per_item[('pemn', c)]) * med[('pemn', c)].throughput / 1000:.2f} s at {c}"
-        for c in high
+        f"{statistics.median(per_item[('pemn', c)]) * med[('pemn', c)].throughput / 1000:.2f} s at {c}"
+        for c in levels
         if ("pemn", c) in per_item
     )
-    reading = f"""Reading: at concurrency {", ".join(map(str, high))} pemn-serve (torch) serves
-{", ".join(vs_base("pemn", c) for c in high)} the baseline's throughput. Compute is the
-bottleneck: compute per item x throughput gives {busy} of inference per second
-(the one inference thread hardly rests), and batching lowers PyTorch's cost per item on this CPU by at most about 1.5-2x
-(see "Batching on CPU"); meanwhile the baseline runs requests in parallel in its
-threadpool, so it can use both cores for compute while pemn-serve runs its batches on
-one inference thread (torch pinned to {args.threads} thread(s) in both, as required).
-The rest of pemn-serve's advantage is a cheaper request path: JSON parsed and validated
-in one pass by pydantic-core (`json.loads` alone costs about 0.5 ms for one image's
-784 floats), no threadpool hop per request, batches formed when the device is free.
-{" ".join(extra)}"""
-    if args.threads > 1:
-        reading += f"""
-
-Note on {args.threads} threads: at concurrency 1 the baseline stalls for about 0.4 s on
-many requests (reproduced with the baseline running alone; it does not happen with 1
-thread). Its requests run on whichever threadpool thread is free, and each of those
-threads drives its own OpenMP thread team; idle teams spinning against the active one
-on 2 busy cores is the likely cause (not investigated further). A real pitfall of the
-plain server, but it makes the concurrency-1 row of this table say little about
-pemn-serve; see the 1-thread section for that."""
     errors = sum(r.errors for v in runs.values() for r in v)
     body = f"""
 Model: {MODEL}. One image per request as nested JSON lists (`x.tolist()`), top-5
@@ -239,14 +206,18 @@ process, closed-loop workers on keep-alive connections, {args.warmup:g} s warm-u
 then {args.duration:g} s measured; servers alternate, {args.rounds} rounds, medians
 over rounds. Mean batch and compute per item come from the server's own metrics.
 Errors (non-200): {errors}. Load average (1/5/15 min) during the runs: from
-{loads[0]} to {loads[-1]} (shared 2-core machine with a training job running).
+{loads[0]} to {loads[-1]}.
 
 {table(header, rows)}
 
 Goals (pemn-serve with its default torch runtime vs the baseline):
 {goal_text}
 
-{reading}
+Throughput vs the baseline, by concurrency:
+{ratios}
+
+Seconds of inference per second in pemn-serve (server compute per item x throughput):
+{busy or "-"}.
 """
     print(body)
     if not args.no_write:
@@ -256,7 +227,7 @@ Goals (pemn-serve with its default torch runtime vs the baseline):
             "Serving: pemn-serve vs a plain FastAPI + PyTorch server"
             + ("" if args.threads == 1 else f" ({args.threads} torch threads)"),
             body,
-            "python bench/bench_serving.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_serving " + " ".join(sys.argv[1:]),
         )
 
 

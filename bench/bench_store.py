@@ -12,7 +12,7 @@ and one from ``git archive <baseline>`` (default: 982c461, the store v1 before i
    p99 ms of that client's deletes and uploads (directory and Redis; a cheap
    validator, so that the store, not bundle validation, is what is measured).
 
-Run: python bench/bench_store.py [--repeats 40] [--seconds 8] [--baseline 982c461]
+Run: python -m bench.bench_store [--repeats 40] [--seconds 8] [--baseline 982c461]
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ TARGET_BYTES = 100_000
 
 
 def _bundles(n: int, big: bool) -> list[bytes]:
-    from tests.pemn.bundles import make_bundle
+    """Test bundles: read from $PEMN_BENCH_BUNDLES (written by the parent, so that a
+    worker running an older tree, which has no ``pemn.testing``, gets the same bytes),
+    else made here."""
+    kind = "big" if big else "small"
+    saved = os.environ.get("PEMN_BENCH_BUNDLES")
+    if saved:
+        return [(Path(saved) / f"{kind}-{i}.pemn").read_bytes() for i in range(n)]
+    from pemn.testing import make_bundle
 
     config = None
     if big:  # masks are 1 bit per weight
@@ -140,9 +147,21 @@ def _worker() -> None:
 
 
 # ---------------------------------------------------------------- parent side
+def _save_bundles(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for big, n in ((True, 8), (False, 24)):
+        for i, data in enumerate(_bundles(n, big)):
+            (directory / f"{'big' if big else 'small'}-{i}.pemn").write_bytes(data)
+    return directory
+
+
 class Worker:
-    def __init__(self, src: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    def __init__(self, src: Path, bundles: Path) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{src}{os.pathsep}{ROOT}",
+            "PEMN_BENCH_BUNDLES": str(bundles),
+        }
         self.p = subprocess.Popen(
             [sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env, text=True, cwd=tempfile.gettempdir(),
@@ -177,9 +196,8 @@ def main() -> None:
         url, seconds, options = sys.argv[2:5]
         asyncio.run(_upload_loop(url, json.loads(options), float(seconds), _bundles(24, False)))
         return
-    sys.path.insert(0, str(ROOT))
     from bench._report import percentile, table, write_section
-    from tests.servers import MotoServer, RedisServer
+    from pemn.testing.servers import MotoServer, RedisServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=40, help="timed put/get rounds per cell")
@@ -198,9 +216,10 @@ def main() -> None:
         RedisServer() as rs,
         MotoServer() as moto,
     ):
+        bundles = _save_bundles(Path(tmp) / "bundles")
         workers = {
-            "this": Worker(ROOT),
-            args.baseline: Worker(_baseline_tree(args.baseline, Path(tmp) / "base")),
+            "this": Worker(ROOT, bundles),
+            args.baseline: Worker(_baseline_tree(args.baseline, Path(tmp) / "base"), bundles),
         }
         bucket = moto.bucket("pemn-bench")
         cases = [
@@ -264,7 +283,7 @@ def main() -> None:
         "store",
         "Bundle stores: put/get latency, and deletes under upload contention",
         body,
-        f"python bench/bench_store.py --repeats {args.repeats} --seconds {args.seconds:g} --baseline {args.baseline}",
+        f"python -m bench.bench_store --repeats {args.repeats} --seconds {args.seconds:g} --baseline {args.baseline}",
     )
 
 

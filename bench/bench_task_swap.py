@@ -9,17 +9,16 @@ their packed form when their batch runs). Each server's own one-task throughput 
 its baseline. Runs alternate between the two workloads and the servers,
 ``--rounds`` times; medians over rounds.
 
-Run: python bench/bench_task_swap.py [--tasks 1000] [--hot 10] [--runtime torch]
+Run: python -m bench.bench_task_swap [--tasks 1000] [--hot 10] [--runtime torch]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import table, write_section
 from bench._serving import (
@@ -28,13 +27,12 @@ from bench._serving import (
     images,
     inputs_file,
     load_average,
-    median,
     pemn_server,
     run_load,
     task_bundle,
     upload,
 )
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess
 
 
 def _counters(s: ServerProcess) -> tuple[float, float, float]:
@@ -159,8 +157,8 @@ def main() -> None:
                     f"**{b.throughput / a.throughput:.2f}x**",
                     f"{a.p50:.1f} / {a.p99:.1f}",
                     f"{b.p50:.1f} / {b.p99:.1f}",
-                    f"{median(batch[(label, 'one task', c)]):.1f}",
-                    f"{median(batch[(label, many, c)]):.1f}",
+                    f"{statistics.median(batch[(label, 'one task', c)]):.1f}",
+                    f"{statistics.median(batch[(label, many, c)]):.1f}",
                 ]
             )
     header = [
@@ -201,7 +199,7 @@ process, closed-loop, {args.warmup:g} s warm-up then {args.duration:g} s measure
             f"Task swapping: round-robin over {args.tasks} tasks vs one task "
             f"({args.runtime}, {args.device})",
             body,
-            "python bench/bench_task_swap.py " + " ".join(sys.argv[1:]),
+            "python -m bench.bench_task_swap " + " ".join(sys.argv[1:]),
         )
 
 

@@ -2,7 +2,7 @@
 architecture, batch and process, plus the share of a masked step spent in top-k
 mask selection. Writes the ``train_step`` section of docs/benchmarks.md.
 
-    python bench/bench_train_step.py [--width 128 --depth 4 --batch 128 --threads 2]
+    python -m bench.bench_train_step [--width 128 --depth 4 --batch 128 --threads 2]
 
 A step is what the trainer does: forward, cross-entropy, backward, AdamW update,
 channels-last inputs (the trainer's default). Configurations are measured in
@@ -21,17 +21,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._report import table, write_section
+from bench._report import interleaved_medians, table, write_section
 from pemn.archs import create_model
+from pemn.layers import layer_specs
 from pemn.masking import MaskedConv2d, MaskedLinear, to_masked, topk_mask
-from pemn.prototype import Strategy, generate, layer_specs
+from pemn.prototype import Strategy, generate
 
 STRATEGIES = [
     ("dense", None),
@@ -86,13 +84,12 @@ class _Stepper:
 
 def _topk_time(model: torch.nn.Module, repeats: int) -> float:
     layers = [m for m in model.modules() if isinstance(m, MaskedConv2d | MaskedLinear)]
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+
+    def topk_all() -> None:
         for m in layers:
             topk_mask(m.scores, m.kept)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+
+    return interleaved_medians({"topk": topk_all}, repeats, warmup=0)["topk"]
 
 
 def main() -> None:
@@ -135,7 +132,7 @@ def main() -> None:
         + table(["strategy", "ms / step", "vs dense", "top-k share of the step"], rows)
         + "\n"
     )
-    command = "python bench/bench_train_step.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_train_step " + " ".join(sys.argv[1:])
     if args.no_write:
         print(body)
     else:

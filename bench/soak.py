@@ -12,8 +12,8 @@ or cut off is "not known" (it may have committed before the answer, never after)
 lost acknowledged write: the name's final state is neither the last acknowledged one
 nor that of a not-known write after it.
 
-    python bench/soak.py --backend redis --clients 32 --seconds 60 --outage 10
-    python bench/soak.py --backend file --clients 32 --seconds 60 --kill-server
+    python -m bench.soak --backend redis --clients 32 --seconds 60 --outage 10
+    python -m bench.soak --backend file --clients 32 --seconds 60 --kill-server
 
 prints a summary and, with ``--json``, one JSON object (tests/store/test_soak.py).
 """
@@ -30,17 +30,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import httpx
 
-import httpx  # noqa: E402
-
-from tests.pemn.bundles import make_bundle  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
-from tests.service.server import ServerProcess  # noqa: E402
+from pemn.testing import ServerProcess, make_bundle
+from pemn.testing.servers import RedisServer
 
 RESIDENT = [f"resident-{i}" for i in range(4)]
 INPUTS = {"inputs": [[[[0.5] * 28] * 28]]}

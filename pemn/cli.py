@@ -13,19 +13,19 @@ store     store maintenance: ``store migrate URL`` converts a store v1 layout
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pemn.archs import create_model, list_archs, parse_config_items
-from pemn.prototype import STRATEGIES, Strategy, layer_specs, stats
+from pemn.files import atomic_write
+from pemn.layers import layer_specs
+from pemn.prototype import STRATEGIES, Strategy, stats
+from pemn.retry import RetryPolicy
 
 __all__ = ["main"]
 
@@ -152,26 +152,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new
-    one, never a partial file: a temporary file in the same directory, fsync, rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -193,7 +173,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        _write_atomic(args.output, model)
+        atomic_write(args.output, model)
     except OSError as exc:
         raise SystemExit(f"error: cannot write {args.output}: {exc.strerror}") from None
     print(f"wrote {args.output} ({len(model):,} bytes); max |onnxruntime - torch| = {diff:.3g}")
@@ -235,21 +215,13 @@ def _retrying(call: Callable[[], T], wait_s: float) -> T:
     """``call()``, retried with backoff while the store is unreachable, for ``wait_s`` s."""
     from pemn.store import Unavailable
 
-    deadline = time.monotonic() + wait_s
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except Unavailable as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise
-            print(
-                f"waiting for the store ({exc}); retrying in {min(delay, left):.1f}s",
-                file=sys.stderr,
-            )
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
+    def say(exc: BaseException, pause: float) -> None:
+        print(f"waiting for the store ({exc}); retrying in {pause:.1f}s", file=sys.stderr)
+
+    unreachable = RetryPolicy(
+        lambda e: isinstance(e, Unavailable), first=0.5, cap=5.0, deadline_s=wait_s, on_retry=say
+    )
+    return unreachable.call(call)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:

@@ -18,32 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pemn.bundle.bits import check_density, kept_count
 from pemn.errors import InvalidParameterError
-from pemn.prototype import maskable_layers
+from pemn.layers import MaskedLayer, maskable_layers
 
 __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
     "apply_masks",
-    "check_density",
     "extract_masks",
-    "kept_count",
     "to_masked",
     "topk_mask",
     "trained_state",
 ]
-
-
-def check_density(density: float) -> float:
-    if isinstance(density, bool) or not isinstance(density, int | float) or not 0 < density < 1:
-        raise InvalidParameterError("density", density, "a number in (0, 1)")
-    return float(density)
-
-
-def kept_count(n: int, density: float) -> int:
-    """Weights a layer of ``n`` keeps: ``floor(density * n + 0.5)`` in IEEE double,
-    clamped to ``[1, n]``. The bundle reader checks every mask's popcount against it."""
-    return max(1, min(n, math.floor(density * n + 0.5)))
 
 
 def topk_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
@@ -79,8 +66,9 @@ def _strides_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _MaskedMixin:
-    fixed_weight: torch.Tensor
+class _Masked(MaskedLayer):
+    """What the masked conv and linear layers share: fixed weight, scores, top-k."""
+
     scores: nn.Parameter
     density: float
 
@@ -88,7 +76,7 @@ class _MaskedMixin:
         self, fixed: torch.Tensor, density: float, generator: torch.Generator | None
     ) -> None:
         self.density = check_density(density)
-        self.register_buffer("fixed_weight", fixed.detach().clone())  # type: ignore[attr-defined]
+        self.register_buffer("fixed_weight", fixed.detach().clone())
         fan_in = math.prod(fixed.shape[1:])
         bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default init range for the layer
         scores = torch.empty(fixed.shape, dtype=torch.float32)
@@ -108,7 +96,7 @@ class _MaskedMixin:
         return _strides_of(w, self.fixed_weight)
 
 
-class MaskedConv2d(_MaskedMixin, nn.Module):
+class MaskedConv2d(_Masked):
     """A bias-free ``nn.Conv2d`` whose weight is ``fixed_weight * topk(|scores|)``."""
 
     def __init__(
@@ -133,7 +121,7 @@ class MaskedConv2d(_MaskedMixin, nn.Module):
         )
 
 
-class MaskedLinear(_MaskedMixin, nn.Module):
+class MaskedLinear(_Masked):
     """A bias-free ``nn.Linear`` whose weight is ``fixed_weight * topk(|scores|)``."""
 
     def __init__(

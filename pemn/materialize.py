@@ -31,64 +31,43 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from pemn import caches
 from pemn.archs import create_model, resolve_config
 from pemn.bundle import errors as E
-from pemn.bundle.reader import Bundle, forget_digests, generated_digest, verify_prototype
+from pemn.bundle.reader import Bundle, generated_digest, verify_prototype
 from pemn.bundle.spec import (
     ArchLayout,
     InputSpec,
     arch_layout,
     canonical_json,
-    clear_layout_cache,
     fingerprint,
     mask_offsets,
 )
+from pemn.caches import CACHES
+from pemn.devices import resolve_device
 from pemn.multitask import Slot, TaskContext, convert
+from pemn.normalize import Normalize
 from pemn.prototype import Strategy, digest, generate
 
 __all__ = [
     "Backbone",
     "MixedMode",
-    "Normalize",
     "PackedTask",
     "Task",
     "TaskWeights",
     "clear_caches",
     "materialize",
-    "resolve_device",
     "unpack_bits",
 ]
 
 MixedMode = Literal["per_sample", "per_task"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise ``torch.device(device)``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; x: (B, C, H, W)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class _Net(nn.Module):
@@ -170,10 +149,16 @@ class Task:
         return self.module(x.to(self.device, torch.float32))
 
 
-@lru_cache(maxsize=16)
 def _derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
     """Non-persistent buffers of ``arch(**config)`` (derived tables such as ViT
-    positions), from one real CPU instance, built only for architectures that have them."""
+    positions), from one real CPU instance, built only for architectures that have
+    them; kept in ``CACHES.cpu_parts``."""
+    return CACHES.cpu_parts.get_or_make(
+        (arch, config_json), lambda: _make_derived_buffers(arch, config_json)
+    )
+
+
+def _make_derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
     config = json.loads(config_json)
     with torch.device("meta"):
         meta = create_model(arch, **config)
@@ -189,11 +174,10 @@ def _derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
 
 
 def clear_caches() -> None:
-    """Drop the process-wide caches of architecture layouts, derived buffers and
-    prototype digests (for benchmarks of cold starts and for tests)."""
-    _derived_buffers.cache_clear()
-    clear_layout_cache()
-    forget_digests()
+    """Drop the process-wide caches of the core (architecture layouts, derived
+    buffers, prototype digests): ``pemn.caches.clear()``, for benchmarks of cold
+    starts and for tests."""
+    caches.clear()
 
 
 def _norm_key(name: str) -> str:

@@ -38,21 +38,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from pemn.errors import InvalidParameterError, UnknownStrategyError
+from pemn.layers import LayerSpec
 
 __all__ = [
     "GENERATOR",
     "SCALES",
     "STRATEGIES",
-    "LayerSpec",
     "PrototypeStats",
     "Strategy",
     "digest",
     "generate",
-    "layer_specs",
-    "maskable_layers",
     "normal",
     "paper_compression",
     "stats",
@@ -118,43 +115,6 @@ def _normal_f32(seed: int, stream: int, n: int, std: float) -> np.ndarray:
         b = min(a + _CHUNK, (n + 1) // 2)
         z = _pairs(key, a, b)[: n - 2 * a]
         out[2 * a : 2 * a + len(z)] = (z * std).astype(np.float32)
-    return out
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One maskable layer: its module name, weight shape and fan-in."""
-
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def fan_in(self) -> int:
-        # conv (out, in/groups, kh, kw) and linear (out, in) alike
-        return math.prod(self.shape[1:])
-
-
-def maskable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every conv and linear layer, in module order."""
-    from pemn.masking import MaskedConv2d, MaskedLinear
-
-    kinds = (nn.Conv2d, nn.Linear, MaskedConv2d, MaskedLinear)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
-
-
-def layer_specs(model: nn.Module) -> list[LayerSpec]:
-    """The ``LayerSpec`` of every maskable layer of ``model``, in module order."""
-    out = []
-    for name, module in maskable_layers(model):
-        weight = getattr(module, "fixed_weight", None)
-        if weight is None:
-            weight = module.weight
-        assert isinstance(weight, torch.Tensor)
-        out.append(LayerSpec(name, tuple(weight.shape)))
     return out
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from pemn.materialize import resolve_device
+from pemn.devices import resolve_device
 from pemn.store import AsyncStore, NeedsMigration, StoreError, Unavailable, open_async_store
 from service.batching import Batcher
 from service.metrics import Metrics

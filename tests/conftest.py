@@ -6,6 +6,8 @@
 * ``s3_server``: an ``S3Endpoint`` (endpoint URL, bucket, credentials) of moto's S3
   server started for the session, with one bucket created.
 
+The servers themselves are ``pemn.testing``'s (shared with the benchmarks).
+
 Tests isolate themselves by key prefix (a fresh uuid each), never by flushing.
 Servers are started only when a test asks for them, and stopped at the end.
 """
@@ -14,30 +16,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from tests.servers import MotoServer, RedisServer, ServerError, redis_answers
+from pemn.testing import MotoServer, RedisServer, S3Endpoint, ServerError, redis_answers
 
 # Tests run beside other CPU-heavy jobs on a 2-core machine; OpenMP threads that
 # outnumber the free cores spin and slow everything down. PEMN_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("PEMN_TEST_THREADS", "1")))
-
-
-@dataclass(frozen=True)
-class S3Endpoint:
-    endpoint_url: str
-    bucket: str
-    credentials: dict[str, str] = field(default_factory=dict)
-
-    def url(self, prefix: str | None = None) -> str:
-        """A store URL under a fresh (or the given) key prefix."""
-        prefix = prefix or f"t-{uuid.uuid4().hex[:12]}"
-        return f"s3://{self.bucket}/{prefix}?endpoint_url={self.endpoint_url}"
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pemn.bundle import InputSpec, read_bundle, write_bundle
 from pemn.masking import extract_masks, trained_state
 from pemn.materialize import materialize
 from trainer.config import TrainConfig
-from trainer.loop import RunData, predict
+from trainer.run import RunData, predict
 
 __all__ = ["bundle_bytes_and_accuracy", "input_spec"]
 

@@ -16,20 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pemn.archs import list_archs, parse_config_items
-from pemn.prototype import SCALES
 from trainer.config import ALL_STRATEGIES, TrainConfig
-from trainer.data import DATASETS
 from trainer.errors import ConfigError, TrainerError
+from trainer.flags import add_config_flags, config_values
 
-__all__ = ["build_parser", "main"]
+__all__ = ["SWEEP_AXES", "build_parser", "main"]
 
-
-def _parse_arch_config(items: Sequence[str]) -> dict[str, Any]:
-    try:
-        return parse_config_items(items)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+SWEEP_AXES = ("strategy", "ratio", "scale")  # a sweep's --strategies, --ratios, --scales
 
 
 def _float_list(text: str) -> list[float]:
@@ -45,199 +38,13 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _add_config_flags(p: argparse.ArgumentParser, single_run: bool) -> None:
-    d = TrainConfig()
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--arch", choices=list_archs(), default=d.arch, help="architecture (default: %(default)s)"
-    )
-    g.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture config, repeatable (e.g. -c width=128 -c depth=4); the arch's defaults fill the rest",
-    )
-    if single_run:
-        g.add_argument(
-            "--strategy",
-            choices=ALL_STRATEGIES,
-            default=d.strategy,
-            help="dense (baseline, all weights trained) or a PEMN strategy (default: %(default)s)",
-        )
-        g.add_argument(
-            "--ratio", type=float, default=None, help="rp only: ratio of unique values, e.g. 1e-2"
-        )
-        g.add_argument(
-            "--scale",
-            choices=SCALES,
-            default=d.scale,
-            help="mp/rp value scaling: paper (largest layer's fan_in) or fan_in (each layer's own)",
-        )
-    g.add_argument(
-        "--density",
-        type=float,
-        default=d.density,
-        help="fraction of weights each mask keeps (default: %(default)s)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="seed of fixed weights, scores, split, order, augmentation (default: %(default)s)",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset", choices=DATASETS, default=d.dataset, help="dataset (default: %(default)s)"
-    )
-    g.add_argument(
-        "--data-dir",
-        default=None,
-        help="directory of the dataset's files (default: per dataset; see trainer/data)",
-    )
-    g.add_argument(
-        "--val-size",
-        type=int,
-        default=d.val_size,
-        help="training examples held out for validation (default: %(default)s)",
-    )
-    g.add_argument(
-        "--train-limit", type=int, default=None, help="use only the first N training examples"
-    )
-    g.add_argument(
-        "--test-limit", type=int, default=None, help="use only the first N test examples"
-    )
-    g.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips (default: on, except for mnist)",
-    )
-    g.add_argument(
-        "--crop-pad",
-        type=int,
-        default=d.crop_pad,
-        help="random crops with this zero padding per side, 0 = off (default: %(default)s)",
-    )
-    g = p.add_argument_group("optimisation (AdamW, warm-up / linear decay per step)")
-    g.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help="passes over the training set (default: %(default)s)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help="examples per step (default: %(default)s)",
-    )
-    g.add_argument(
-        "--lr-max", type=float, default=d.lr_max, help="peak learning rate (default: %(default)s)"
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help="AdamW weight decay (default: %(default)s)",
-    )
-    g.add_argument(
-        "--warmup",
-        type=float,
-        default=d.warmup,
-        help="fraction of steps warming up 0 -> lr-max (default: %(default)s)",
-    )
-    g.add_argument(
-        "--decay-end",
-        type=float,
-        default=d.decay_end,
-        help="fraction of steps where the lr reaches lr-max * lr-floor (default: %(default)s)",
-    )
-    g.add_argument(
-        "--lr-floor",
-        type=float,
-        default=d.lr_floor,
-        help="lr at --decay-end relative to lr-max, then linear to 0 (default: %(default)s)",
-    )
-    g = p.add_argument_group("system")
-    g.add_argument(
-        "--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)"
-    )
-    g.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    g.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=d.amp,
-        help="mixed precision on CUDA (default: on)",
-    )
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=d.channels_last,
-        help="channels-last memory format, faster convolutions on CPU (default: on)",
-    )
-    g.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=d.eval_batch_size,
-        help="examples per evaluation batch (default: %(default)s)",
-    )
-    g.add_argument(
-        "--log-every",
-        type=int,
-        default=d.log_every,
-        help="steps between metrics.jsonl records (default: %(default)s)",
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=d.checkpoint_every,
-        help="steps between checkpoints, 0 = each epoch end (default: %(default)s)",
-    )
-    g.add_argument(
+def _add_progress_flag(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
-
-
-def _config_from(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    flip = args.flip if args.flip is not None else args.dataset != "mnist"
-    values = {
-        "arch": args.arch,
-        "arch_config": _parse_arch_config(args.config),
-        "density": args.density,
-        "seed": args.seed,
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "val_size": args.val_size,
-        "train_limit": args.train_limit,
-        "test_limit": args.test_limit,
-        "flip": flip,
-        "crop_pad": args.crop_pad,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr_max": args.lr_max,
-        "weight_decay": args.weight_decay,
-        "warmup": args.warmup,
-        "decay_end": args.decay_end,
-        "lr_floor": args.lr_floor,
-        "device": args.device,
-        "threads": args.threads,
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "eval_batch_size": args.eval_batch_size,
-        "log_every": args.log_every,
-        "checkpoint_every": args.checkpoint_every,
-        **overrides,
-    }
-    cfg = TrainConfig(**values)
-    cfg.validate()
-    return cfg
 
 
 def _print_config(title: str, values: dict[str, Any]) -> None:
@@ -249,12 +56,13 @@ def _print_config(title: str, values: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainer.export import DENSE_NAME, bundle_available, export_run
+    from trainer.export import DENSE_NAME, export_run
     from trainer.io import check_writable
-    from trainer.loop import preflight, train
+    from trainer.loop import train
     from trainer.publish import Publisher
+    from trainer.run import preflight
 
-    cfg = _config_from(args, strategy=args.strategy, ratio=args.ratio, scale=args.scale)
+    cfg = TrainConfig(**config_values(args))
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / out.stem
     _print_config(
@@ -272,10 +80,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         publisher = Publisher(args.publish, name=args.name or out.stem, api_key=args.api_key)
         publisher.check()
-    if not cfg.dense and not bundle_available():
-        raise TrainerError(
-            "the bundle format (pemn.bundle) is not in this tree yet; cannot write --out"
-        )
     train(cfg, run_dir, resume=args.resume, progress=args.progress)
     export_run(run_dir, out, provenance={"command": "python -m trainer " + " ".join(sys.argv[1:])})
     if publisher is not None:
@@ -285,10 +89,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from trainer.loop import preflight
+    from trainer.run import preflight
     from trainer.sweep import expand, run_sweep
 
-    base = _config_from(args)
+    base = TrainConfig(**config_values(args))
     configs = expand(base, args.strategies, args.ratios, args.scales)
     for c in configs:
         preflight(c)
@@ -330,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model and write its bundle")
-    _add_config_flags(p, single_run=True)
+    _add_progress_flag(add_config_flags(p)["system"])
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="bundle file to write (dense: a safetensors file)")
     g.add_argument(
@@ -358,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sweep", help="strategies x ratios x scales; a table and an accuracy-vs-size plot"
     )
-    _add_config_flags(p, single_run=False)
+    _add_progress_flag(add_config_flags(p, exclude=SWEEP_AXES)["system"])
     g = p.add_argument_group("sweep")
     g.add_argument(
         "--strategies",

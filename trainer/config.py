@@ -1,78 +1,191 @@
-"""The training configuration: one dataclass, one comment per field.
+"""The training configuration, declared once: one pydantic model whose fields carry
+their default, bounds, help text and command-line group.
 
-``TrainConfig`` holds everything that decides what a run computes. Fields listed in
-``RUNTIME_FIELDS`` only decide *how* it runs (device, threads, logging); a checkpoint
-may be resumed under different values of those, never of the others.
+``TrainConfig`` holds everything that decides what a run computes. Fields marked
+``runtime`` (``RUNTIME_FIELDS``) only decide *how* it runs (device, threads, logging);
+a checkpoint may be resumed under different values of those, never of the others.
+``trainer.flags`` turns the fields into the command line; nothing else repeats them.
+
+Building a config validates it; a bad value raises ``ConfigError`` with one sentence
+naming the flag (the core's ``Strategy`` checks seed, ratio and scale).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pemn.archs import list_archs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pemn.archs import list_archs, parse_config_items
 from pemn.prototype import SCALES, STRATEGIES, Strategy
 from trainer.data.datasets import DATASETS
 from trainer.errors import ConfigError
 
-__all__ = ["ALL_STRATEGIES", "RUNTIME_FIELDS", "TrainConfig"]
+__all__ = ["ALL_STRATEGIES", "GROUPS", "RUNTIME_FIELDS", "TrainConfig", "flag_name"]
 
 ALL_STRATEGIES = ("dense", *STRATEGIES)
-RUNTIME_FIELDS = frozenset(
-    {"data_dir", "device", "threads", "eval_batch_size", "log_every", "checkpoint_every"}
-)
+# command-line groups, in the order `--help` shows them
+GROUPS = {
+    "model": "model",
+    "data": "data",
+    "optim": "optimisation (AdamW, warm-up / linear decay per step)",
+    "system": "system",
+}
 
 
-@dataclass
-class TrainConfig:
+def _field(default: Any, help: str, group: str, **meta: Any) -> Any:
+    """A field: its default, help text and command-line group; bounds (``ge``, ``gt``,
+    ``le``, ``lt``) go to pydantic, the rest to the command line (``choices``, ``flag``
+    and ``short``: other flag names, ``metavar``, ``runtime``: may change on resume)."""
+    assert group in GROUPS
+    bounds = {k: meta.pop(k) for k in ("ge", "gt", "le", "lt") if k in meta}
+    extra = {"group": group, **meta}
+    if default is dict:
+        return Field(default_factory=dict, description=help, json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+def _extra(name: str) -> dict[str, Any]:
+    """The command-line metadata of field ``name`` (see ``_field``)."""
+    extra = TrainConfig.model_fields[name].json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+class TrainConfig(BaseModel):
+    """One training run (frozen: derive another with ``replace``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
     # --- model ---
-    arch: str = "convmixer"  # architecture name in pemn.archs (convmixer, vit, resnet20, mlp, ...)
-    arch_config: dict[str, Any] = field(
-        default_factory=dict
-    )  # e.g. {"width": 128}; defaults fill the rest
-    strategy: str = "mp"  # dense (baseline: all weights trained) or PEMN: mask, one_layer, mp, rp
-    ratio: float | None = None  # rp only: unique values = int(ratio * largest layer size) + 1
-    scale: str = (
-        "paper"  # mp/rp scaling: paper (largest layer's fan_in) or fan_in (each layer's own)
+    arch: str = _field("convmixer", "architecture", "model", choices=list_archs())
+    arch_config: dict[str, Any] = _field(
+        dict,
+        "architecture config, repeatable (e.g. -c width=128 -c depth=4); "
+        "the arch's defaults fill the rest",
+        "model",
+        flag="--config",
+        short="-c",
+        metavar="KEY=VALUE",
     )
-    density: float = 0.5  # fraction of each layer's weights a mask keeps (the paper: 0.5)
-    seed: int = 0  # seeds the fixed weights, score init, validation split, data order, augmentation
+    strategy: str = _field(
+        "mp",
+        "dense (baseline, all weights trained) or a PEMN strategy",
+        "model",
+        choices=list(ALL_STRATEGIES),
+    )
+    ratio: float | None = _field(
+        None,
+        "rp only: ratio of unique values, e.g. 1e-2; "
+        "unique values = int(ratio * largest layer size) + 1",
+        "model",
+    )
+    scale: str = _field(
+        "paper",
+        "mp/rp value scaling: paper (largest layer's fan_in) or fan_in (each layer's own)",
+        "model",
+        choices=list(SCALES),
+    )
+    density: float = _field(0.5, "fraction of weights each mask keeps", "model", gt=0, lt=1)
+    seed: int = _field(0, "seed of fixed weights, scores, split, order, augmentation", "model")
     # --- data ---
-    dataset: str = "fashion-mnist"  # fashion-mnist, mnist, cifar10, cifar100
-    data_dir: str | None = (
-        None  # directory of the dataset files (default: per dataset, see trainer.data)
+    dataset: str = _field("fashion-mnist", "dataset", "data", choices=list(DATASETS))
+    data_dir: str | None = _field(
+        None,
+        "directory of the dataset's files (default: per dataset; see trainer/data)",
+        "data",
+        runtime=True,
     )
-    val_size: int = 0  # hold out this many training examples as a validation set (0 = none)
-    train_limit: int | None = None  # use only the first N training examples (smoke tests)
-    test_limit: int | None = None  # use only the first N test examples (smoke tests)
-    flip: bool = True  # random horizontal flips
-    crop_pad: int = 0  # random crops after zero-padding each side by this many pixels (0 = off)
-    # --- optimisation: AdamW, per-step piecewise-linear learning rate ---
-    epochs: int = 3  # passes over the training set
-    batch_size: int = 128  # examples per step
-    lr_max: float = 0.01  # peak learning rate
-    weight_decay: float = (
-        0.005  # AdamW decoupled weight decay (hits the scores too, as in the paper)
+    val_size: int = _field(0, "training examples held out for validation", "data", ge=0)
+    train_limit: int | None = _field(None, "use only the first N training examples", "data", ge=1)
+    test_limit: int | None = _field(None, "use only the first N test examples", "data", ge=1)
+    flip: bool = _field(True, "random horizontal flips (default: on, except for mnist)", "data")
+    crop_pad: int = _field(0, "random crops with this zero padding per side, 0 = off", "data", ge=0)
+    # --- optimisation: AdamW, per-step piecewise-linear learning rate (trainer.schedule) ---
+    epochs: int = _field(3, "passes over the training set", "optim", ge=1)
+    batch_size: int = _field(128, "examples per step (BatchNorm needs two)", "optim", ge=2)
+    lr_max: float = _field(0.01, "peak learning rate", "optim", gt=0)
+    weight_decay: float = _field(
+        0.005, "AdamW weight decay (hits the scores too, as in the paper)", "optim", ge=0
     )
-    warmup: float = 0.4  # fraction of steps of linear warm-up from 0 to lr_max
-    decay_end: float = (
-        0.8  # fraction of steps at which the lr has decayed linearly to lr_max * lr_floor
+    warmup: float = _field(0.4, "fraction of steps warming up 0 -> lr-max", "optim", ge=0, le=1)
+    decay_end: float = _field(
+        0.8, "fraction of steps where the lr reaches lr-max * lr-floor", "optim", ge=0, le=1
     )
-    lr_floor: float = 0.05  # lr at decay_end relative to lr_max (then linear to 0 at the end)
-    # --- system (RUNTIME_FIELDS: may change on resume) ---
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...
-    threads: int | None = None  # torch CPU threads (None = torch's default)
-    amp: bool = (
-        True  # mixed precision (float16 autocast + grad scaling) when on CUDA; ignored on CPU
+    lr_floor: float = _field(
+        0.05, "lr at --decay-end relative to lr-max, then linear to 0", "optim", ge=0, le=1
     )
-    channels_last: bool = (
-        True  # channels-last memory format (about 1.7x faster on CPU for ConvMixer)
+    # --- system (runtime=True: may change on resume) ---
+    device: str = _field(
+        "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", "system", runtime=True
     )
-    eval_batch_size: int = 1000  # examples per evaluation batch
-    log_every: int = 50  # steps between metrics.jsonl records
-    checkpoint_every: int = 0  # steps between checkpoints (0 = at the end of every epoch only)
+    threads: int | None = _field(
+        None, "torch CPU threads (default: torch's choice)", "system", ge=1, runtime=True
+    )
+    amp: bool = _field(
+        True, "mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU", "system"
+    )
+    channels_last: bool = _field(
+        True, "channels-last memory format, faster convolutions on CPU", "system"
+    )
+    eval_batch_size: int = _field(
+        1000, "examples per evaluation batch", "system", ge=1, runtime=True
+    )
+    log_every: int = _field(50, "steps between metrics.jsonl records", "system", ge=1, runtime=True)
+    checkpoint_every: int = _field(
+        0, "steps between checkpoints, 0 = each epoch end", "system", ge=0, runtime=True
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flip_default(cls, values: Any) -> Any:
+        # flips turn digits into other digits: off by default for mnist
+        if isinstance(values, dict) and values.get("flip") is None:
+            values = {**values, "flip": values.get("dataset") != "mnist"}
+        return values
+
+    @field_validator("arch_config", mode="before")
+    @classmethod
+    def _config_items(cls, value: Any) -> Any:
+        # the command line gives ["width=128", "depth=4"]
+        if isinstance(value, list | tuple):
+            return parse_config_items(value)
+        return value
+
+    @field_validator("arch", "strategy", "scale", "dataset")
+    @classmethod
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        name = str(info.field_name)
+        choices = _extra(name)["choices"]
+        if value not in choices:
+            what = "architecture" if name == "arch" else name
+            raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.strategy == "rp" and self.ratio is None:
+            raise ValueError("strategy rp needs --ratio (e.g. 1e-2)")
+        if self.dense and (self.ratio is not None or self.scale != "paper"):
+            raise ValueError("the dense baseline takes neither --ratio nor --scale")
+        self.pemn_strategy()  # the core checks seed, ratio and scale
+        if not self.warmup <= self.decay_end:
+            raise ValueError("need 0 <= --warmup <= --decay-end <= 1")
+        return self
 
     @property
     def dense(self) -> bool:
@@ -93,61 +206,41 @@ class TrainConfig:
             parts.append(self.scale)
         return "-".join(parts)
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied."""
+        return TrainConfig(**{**self.to_dict(), **changes})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         return cls(**values)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide what is computed (everything but ``RUNTIME_FIELDS``)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (or the core's ``InvalidParameterError``) on bad values."""
-        if self.arch not in list_archs():
-            raise ConfigError(
-                f"unknown architecture {self.arch!r}; choose one of {', '.join(list_archs())}"
-            )
-        if self.strategy not in ALL_STRATEGIES:
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}; choose one of {', '.join(ALL_STRATEGIES)}"
-            )
-        if self.dataset not in DATASETS:
-            raise ConfigError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
-            )
-        if self.scale not in SCALES:
-            raise ConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
-        if self.strategy == "rp" and self.ratio is None:
-            raise ConfigError("strategy rp needs --ratio (e.g. 1e-2)")
-        if self.dense and (self.ratio is not None or self.scale != "paper"):
-            raise ConfigError("the dense baseline takes neither --ratio nor --scale")
-        self.pemn_strategy()  # the core checks ratio, scale and seed
-        if not 0 < self.density < 1:
-            raise ConfigError(f"--density must be in (0, 1), got {self.density}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("val_size", "crop_pad", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.batch_size < 2:
-            raise ConfigError("--batch-size must be >= 2 (BatchNorm needs two examples)")
-        for name in ("train_limit", "test_limit", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if not (math.isfinite(self.lr_max) and self.lr_max > 0):
-            raise ConfigError("--lr-max must be a positive number")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError("--weight-decay must be >= 0")
-        if not 0 <= self.warmup <= self.decay_end <= 1:
-            raise ConfigError("need 0 <= --warmup <= --decay-end <= 1")
-        if not 0 <= self.lr_floor <= 1:
-            raise ConfigError("--lr-floor must be in [0, 1]")
+
+RUNTIME_FIELDS = frozenset(n for n in TrainConfig.model_fields if _extra(n).get("runtime"))
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field (``lr_max`` -> ``--lr-max``)."""
+    return str(_extra(field).get("flag", "--" + field.replace("_", "-")))
+
+
+def _explain(exc: ValidationError) -> str:
+    """One sentence for all of a validation's errors, naming the flags."""
+    parts: list[str] = []
+    for err in exc.errors():
+        loc: Sequence[Any] = err["loc"]
+        name = str(loc[0]) if loc else ""
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown config key {name!r}")
+        elif err["type"] == "value_error":  # our own sentences and the core's
+            parts.append(str(err["ctx"]["error"]))
+        else:
+            msg = err["msg"][:1].lower() + err["msg"][1:]
+            parts.append(f"{flag_name(name)}: {msg}, got {err['input']!r}")
+    return "; ".join(parts)

@@ -16,7 +16,6 @@ of the written file, agreement with the score model).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,32 +25,21 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-import pemn
 from pemn.archs import create_model
+from pemn.normalize import Normalize
+from trainer.bundling import bundle_bytes_and_accuracy
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import Normalize
-from trainer.errors import CheckpointError, TrainerError
+from trainer.errors import CheckpointError
 from trainer.io import atomic_write_bytes, atomic_write_json
-from trainer.loop import load_run_data, predict, read_result
 from trainer.model import build_model
+from trainer.run import load_run_data, predict, read_result
 
-__all__ = ["BUNDLE_NAME", "DENSE_NAME", "bundle_available", "export_run"]
+__all__ = ["BUNDLE_NAME", "DENSE_NAME", "export_run"]
 
 BUNDLE_NAME = "bundle.pemn"
 DENSE_NAME = "dense.safetensors"
 _DENSE_FORMAT = "pemn-trainer-dense/1"
-
-
-def bundle_available() -> bool:
-    """Whether the bundle format (``pemn.bundle``) is part of the imported ``pemn``
-    (a submodule found elsewhere, e.g. by an editable install's finder, does not count)."""
-    spec = importlib.util.find_spec("pemn.bundle")
-    return (
-        spec is not None
-        and spec.origin is not None
-        and Path(spec.origin).is_relative_to(Path(pemn.__file__).parent)
-    )
 
 
 def _dense_bytes(model: torch.nn.Module, manifest: dict[str, Any]) -> bytes:
@@ -80,7 +68,6 @@ def export_run(
     if result is None:
         raise CheckpointError(f"{run_dir} holds no finished run (no result.json)")
     cfg = TrainConfig.from_dict(result["config"])
-    cfg.validate()
     data = load_run_data(cfg)
     model = build_model(cfg, data.arch_config)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, model)
@@ -115,10 +102,6 @@ def export_run(
         manifest["metrics"] = {**metrics, "test_accuracy": accuracy}
         blob = _dense_bytes(model, manifest)
     else:
-        if not bundle_available():
-            raise TrainerError("the bundle format (pemn.bundle) is not available in this tree yet")
-        from trainer.bundling import bundle_bytes_and_accuracy
-
         blob, accuracy, pred = bundle_bytes_and_accuracy(
             cfg, model, data, metrics, provenance or {}
         )

@@ -1,20 +1,16 @@
-"""Atomic file output: every file the trainer writes appears whole or not at all.
-
-The bytes go to a temporary file in the destination's directory, are fsynced, and
-the file is renamed over the destination (``os.replace`` is atomic on POSIX); the
-directory is fsynced too. On any failure the temporary file is removed and an
-``OutputError`` names the path.
-"""
+"""The trainer's file output: every file it writes appears whole or not at all
+(``pemn.files.atomic_write``); a path that cannot be written is an ``OutputError``
+naming it, checked early (``check_writable``) before a long run."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pemn.files import atomic_write
 from trainer.errors import OutputError
 
 __all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_json", "check_writable"]
@@ -36,38 +32,13 @@ def check_writable(path: Path) -> None:
     os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     check_writable(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would give
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not all filesystems allow it
-        dir_fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from pemn.archs import create_model, resolve_config
+from pemn.layers import layer_specs
 from pemn.masking import to_masked
-from pemn.prototype import generate, layer_specs
+from pemn.prototype import generate
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 

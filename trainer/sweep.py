@@ -2,8 +2,8 @@
 directory each, then a markdown table and an accuracy-vs-size plot.
 
 A sweep is resumable: a run whose ``result.json`` matches its config is skipped, a
-run with a checkpoint is resumed, and a finished run without a bundle gets one when
-the bundle format is available. Outputs in ``out_dir``::
+run with a checkpoint is resumed, and a finished run without its exported file
+(bundle, or the dense baseline's safetensors) gets one. Outputs in ``out_dir``::
 
     <label>/        one run directory per configuration (see trainer.loop)
     table.md        the results table
@@ -12,7 +12,6 @@ the bundle format is available. Outputs in ``out_dir``::
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -21,9 +20,10 @@ from typing import Any
 
 from trainer.config import ALL_STRATEGIES, TrainConfig
 from trainer.errors import ConfigError
-from trainer.export import BUNDLE_NAME, DENSE_NAME, bundle_available, export_run
+from trainer.export import BUNDLE_NAME, DENSE_NAME, export_run
 from trainer.io import atomic_write_bytes
-from trainer.loop import read_result, train
+from trainer.loop import train
+from trainer.run import read_result
 
 __all__ = ["expand", "render_table", "run_sweep", "write_plot"]
 
@@ -41,14 +41,11 @@ def expand(
         for strategy in strategies:
             if strategy in ("dense", "mask", "one_layer"):
                 if scale == scales[0]:
-                    out.append(dataclasses.replace(base, strategy=strategy, ratio=None))
+                    out.append(base.replace(strategy=strategy, ratio=None))
             elif strategy == "mp":
-                out.append(dataclasses.replace(base, strategy="mp", ratio=None, scale=scale))
+                out.append(base.replace(strategy="mp", ratio=None, scale=scale))
             elif strategy == "rp":
-                out += [
-                    dataclasses.replace(base, strategy=strategy, ratio=r, scale=scale)
-                    for r in ratios
-                ]
+                out += [base.replace(strategy=strategy, ratio=r, scale=scale) for r in ratios]
             else:
                 raise ConfigError(
                     f"unknown strategy {strategy!r}; choose from {', '.join(ALL_STRATEGIES)}"
@@ -74,7 +71,7 @@ def run_sweep(
             train(cfg, run_dir, resume=True, progress=progress, echo=echo)
         else:
             echo(f"[{i + 1}/{len(configs)}] {cfg.label()}: already trained, skipped")
-        if (cfg.dense or bundle_available()) and not (run_dir / "export.json").exists():
+        if not (run_dir / "export.json").exists():
             export_run(run_dir, run_dir / (DENSE_NAME if cfg.dense else BUNDLE_NAME), echo=echo)
         result = read_result(run_dir)
         assert result is not None

@@ -13,13 +13,10 @@ fingerprint for generated prototypes). Every failure raises its own
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +27,7 @@ from pydantic import ValidationError
 
 from pemn.archs import list_archs, resolve_config
 from pemn.bundle import errors as E
+from pemn.bundle.bits import kept_count
 from pemn.bundle.spec import (
     FORMAT,
     MAJOR_VERSION,
@@ -39,8 +37,9 @@ from pemn.bundle.spec import (
     arch_layout,
     mask_offsets,
 )
+from pemn.caches import CACHES
+from pemn.content import content_id
 from pemn.errors import InvalidParameterError
-from pemn.masking import kept_count
 from pemn.prototype import PrototypeStats, Strategy, digest, generate, stats
 
 __all__ = [
@@ -77,7 +76,7 @@ class Bundle:
 
     @cached_property
     def content_id(self) -> str:
-        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+        return content_id(self.data)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -449,34 +448,19 @@ def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) 
         raise E.NonFiniteValue("tensor 'prototype' holds NaN or infinite values", "prototype")
 
 
-# Digests of generated prototypes by backbone fingerprint. The generator's output is
-# a function of the fingerprint (architecture, full config, strategy, seed, generator),
-# so hashing it once per process is enough; embedded prototypes never enter here.
-_DIGESTS: OrderedDict[str, str] = OrderedDict()
-_DIGESTS_MAX = 4096
-_DIGESTS_LOCK = threading.Lock()
-
-
+# Digests of generated prototypes by backbone fingerprint, in CACHES.digests. The
+# generator's output is a function of the fingerprint (architecture, full config,
+# strategy, seed, generator), so hashing it once per process is enough; embedded
+# prototypes never enter here.
 def generated_digest(fingerprint: str, generate_weights: Callable[[], Mapping[str, Any]]) -> str:
     """The digest of the prototype generated for ``fingerprint``; calls
     ``generate_weights()`` and hashes its result only the first time."""
-    with _DIGESTS_LOCK:
-        hit = _DIGESTS.get(fingerprint)
-        if hit is not None:
-            _DIGESTS.move_to_end(fingerprint)
-            return hit
-    value = digest(generate_weights())
-    with _DIGESTS_LOCK:
-        _DIGESTS[fingerprint] = value
-        while len(_DIGESTS) > _DIGESTS_MAX:
-            _DIGESTS.popitem(last=False)
-    return value
+    return CACHES.digests.get_or_make(fingerprint, lambda: digest(generate_weights()))
 
 
 def forget_digests() -> None:
     """Empty the digest cache (benchmarks of cold starts, tests)."""
-    with _DIGESTS_LOCK:
-        _DIGESTS.clear()
+    CACHES.digests.clear()
 
 
 def verify_prototype(bundle: Bundle, actual_digest: str | None = None) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -31,7 +29,9 @@ from pydantic import (
 from torch import nn
 
 from pemn.archs import create_model
-from pemn.prototype import GENERATOR, LayerSpec, Strategy, layer_specs
+from pemn.caches import CACHES
+from pemn.layers import LayerSpec, layer_specs
+from pemn.prototype import GENERATOR, Strategy
 
 __all__ = [
     "FORMAT",
@@ -193,34 +193,15 @@ class ArchLayout:
         return sum(s.numel for s in self.layers)
 
 
-# Layouts are cached per (architecture, canonical config): building the module tree,
-# even on the meta device, is most of what validating a bundle costs. Only layouts
-# of at most _CACHED_LAYERS layers are kept, so that hostile configs at the size
-# caps cannot fill memory (64 layouts of <= 512 layers: a few MB at most). The
-# meta module trees themselves (~10 KB of Python objects per module) are kept for
-# the 8 most recent configs of at most 128 layers, for backbones to clone.
+# Layouts are cached per (architecture, canonical config) in CACHES.layouts: building
+# the module tree, even on the meta device, is most of what validating a bundle costs.
+# Only layouts of at most _CACHED_LAYERS layers are kept, so that hostile configs at
+# the size caps cannot fill memory (64 layouts of <= 512 layers: a few MB at most).
+# The meta module trees themselves (~10 KB of Python objects per module) are kept in
+# CACHES.trees for the 8 most recent configs of at most 128 layers, for backbones to
+# clone.
 _CACHED_LAYERS = 512
 _CACHED_TREES = 128
-_LAYOUTS: OrderedDict[tuple[str, str], ArchLayout] = OrderedDict()
-_TREES: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
-_LAYOUTS_MAX, _TREES_MAX = 64, 8
-_LAYOUTS_LOCK = threading.Lock()
-
-
-def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
-    with _LAYOUTS_LOCK:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > limit:
-            cache.popitem(last=False)
-
-
-def _recall(cache: OrderedDict[Any, Any], key: Any) -> Any:
-    with _LAYOUTS_LOCK:
-        hit = cache.get(key)
-        if hit is not None:
-            cache.move_to_end(key)
-        return hit
 
 
 def _build(
@@ -230,9 +211,9 @@ def _build(
         model = create_model(arch, **config)
     layout = _layout(model)
     if len(layout.layers) <= _CACHED_LAYERS:
-        _remember(_LAYOUTS, key, layout, _LAYOUTS_MAX)
+        CACHES.layouts.put(key, layout)
     if len(layout.layers) <= _CACHED_TREES:
-        _remember(_TREES, key, model, _TREES_MAX)
+        CACHES.trees.put(key, model)
     return model, layout
 
 
@@ -241,7 +222,7 @@ def arch_layout(arch: str, config: Mapping[str, Any]) -> ArchLayout:
     folded as ``<name>.scale`` and ``<name>.shift``; LayerNorm as ``.weight``/``.bias``.
     The result is shared between callers (cached): treat it as read-only."""
     key = (arch, canonical_json(dict(config)))
-    hit = _recall(_LAYOUTS, key)
+    hit: ArchLayout | None = CACHES.layouts.get(key)
     return hit if hit is not None else _build(arch, config, key)[1]
 
 
@@ -249,15 +230,14 @@ def meta_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
     """``arch(**config)`` on the meta device (shapes, no data), shared between callers
     (cached): never modify it; clone it first."""
     key = (arch, canonical_json(dict(config)))
-    hit = _recall(_TREES, key)
+    hit: nn.Module | None = CACHES.trees.get(key)
     return hit if hit is not None else _build(arch, config, key)[0]
 
 
 def clear_layout_cache() -> None:
     """Forget every cached layout and module tree (benchmarks of cold starts, tests)."""
-    with _LAYOUTS_LOCK:
-        _LAYOUTS.clear()
-        _TREES.clear()
+    CACHES.layouts.clear()
+    CACHES.trees.clear()
 
 
 def _layout(model: nn.Module) -> ArchLayout:

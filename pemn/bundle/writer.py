@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pemn.archs import resolve_config
+from pemn.bundle.bits import check_density, kept_count, pack_mask
 from pemn.bundle.spec import (
     FORMAT,
     FORMAT_VERSION,
@@ -27,17 +28,9 @@ from pemn.bundle.spec import (
     canonical_json,
 )
 from pemn.errors import InvalidParameterError
-from pemn.masking import check_density, kept_count
 from pemn.prototype import GENERATOR, Strategy, digest, generate
 
 __all__ = ["pack_mask", "safetensors_bytes", "write_bundle"]
-
-
-def pack_mask(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Row-major flattened mask -> ceil(n/8) bytes, bit i in byte i//8 at position i%8
-    (least significant bit first); unused high bits of the last byte are zero."""
-    bits = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).reshape(-1)
-    return np.packbits(bits.astype(bool), bitorder="little")
 
 
 def safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from pemn.bundle import read_bundle
-from tests.deploy.scaleout import API_KEY, Cluster
-from tests.pemn.bundles import make_bundle
+from pemn.testing import CLUSTER_API_KEY as API_KEY
+from pemn.testing import Cluster, make_bundle
 from tests.service.helpers import images, local_logits
 
 pytestmark = pytest.mark.redis

@@ -26,12 +26,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pemn.testing import RedisServer, S3Endpoint, ServerProcess, free_port, make_bundle
 from service.settings import Settings
-from tests.conftest import S3Endpoint
 from tests.deploy.artefacts import ROOT, compose_config, healthcheck_argv, stages
-from tests.pemn.bundles import make_bundle
-from tests.servers import RedisServer, free_port
-from tests.service.server import ServerProcess
 
 REFUSAL = "PEMN_API_KEY must be set to a secret of at least 16 characters"
 

@@ -3,8 +3,8 @@ import torch
 
 from pemn.archs import UnknownArchitectureError, create_model, list_archs, resolve_config
 from pemn.errors import InvalidParameterError
-from pemn.prototype import maskable_layers
-from tests.pemn.small import ARCHS, SMALL
+from pemn.layers import maskable_layers
+from pemn.testing import ARCHS, SMALL
 
 
 def test_small_configs_cover_the_registry():

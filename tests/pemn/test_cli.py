@@ -14,8 +14,8 @@ import onnx
 import pytest
 
 from pemn.export import onnx_session
+from pemn.testing import make_bundle
 from tests.pemn.bundle.craft import tiny
-from tests.pemn.bundles import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "pemn" / "bundle" / "manifest.schema.json"

@@ -11,8 +11,7 @@ import pytest
 from pemn.bundle import read_bundle
 from pemn.cli import main
 from pemn.store import open_store
-from tests.pemn.bundles import make_bundle
-from tests.servers import free_port
+from pemn.testing import free_port, make_bundle
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone
 from pemn.prototype import Strategy
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

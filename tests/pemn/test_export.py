@@ -12,8 +12,7 @@ from pemn.bundle import read_bundle
 from pemn.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity, onnx_session
 from pemn.materialize import materialize
 from pemn.prototype import Strategy
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import ARCHS, SMALL
+from pemn.testing import ARCHS, SMALL, make_bundle
 
 pytestmark = pytest.mark.slow  # one dynamo export per architecture: seconds each
 

@@ -3,17 +3,12 @@ import torch
 from torch import nn
 
 from pemn.archs import create_model
+from pemn.bundle.bits import kept_count
 from pemn.errors import InvalidParameterError
-from pemn.masking import (
-    MaskedConv2d,
-    MaskedLinear,
-    apply_masks,
-    extract_masks,
-    kept_count,
-    to_masked,
-)
-from pemn.prototype import Strategy, generate, layer_specs, maskable_layers
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.layers import layer_specs, maskable_layers
+from pemn.masking import MaskedConv2d, MaskedLinear, apply_masks, extract_masks, to_masked
+from pemn.prototype import Strategy, generate
+from pemn.testing import ARCHS, SMALL, STRATEGIES, strategy_id
 
 
 def _masked(arch, strategy, density=0.5, seed=0):

@@ -49,7 +49,7 @@ def test_packed_task_and_weights_are_compact_and_share_the_backbone() -> None:
     import torch
 
     from pemn.prototype import Strategy, generate
-    from tests.pemn.bundles import make_bundle
+    from pemn.testing import make_bundle
 
     bundle = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}, Strategy("mp")))
     backbone = Backbone.for_bundle(bundle)
@@ -81,7 +81,7 @@ def test_packed_task_and_weights_are_compact_and_share_the_backbone() -> None:
 def test_a_task_of_another_backbone_is_refused_before_any_work() -> None:
     import dataclasses
 
-    from tests.pemn.bundles import make_bundle
+    from pemn.testing import make_bundle
 
     a = read_bundle(make_bundle("convmixer", {"width": 16, "depth": 2}))
     b = read_bundle(make_bundle("convmixer", {"width": 8, "depth": 2}))
@@ -167,7 +167,7 @@ def test_channels_last_backbone_runs_channels_last_and_agrees_with_nchw(arch, co
     import torch
 
     from pemn.prototype import Strategy
-    from tests.pemn.bundles import make_bundle
+    from pemn.testing import make_bundle
 
     b = read_bundle(make_bundle(arch, config, Strategy("mp", seed=0)))
     nchw, fast = Backbone.for_bundle(b), Backbone.for_bundle(b, channels_last=True)

@@ -9,16 +9,9 @@ import torch
 
 from pemn.archs import create_model
 from pemn.errors import InvalidParameterError, UnknownStrategyError
-from pemn.prototype import (
-    Strategy,
-    digest,
-    generate,
-    layer_specs,
-    normal,
-    paper_compression,
-    stats,
-)
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.layers import layer_specs
+from pemn.prototype import Strategy, digest, generate, normal, paper_compression, stats
+from pemn.testing import ARCHS, SMALL, STRATEGIES, strategy_id
 
 _MASK64 = (1 << 64) - 1
 
@@ -161,7 +154,8 @@ _CHILD = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from pemn.archs import create_model
-from pemn.prototype import Strategy, digest, generate, layer_specs
+from pemn.prototype import Strategy, digest, generate
+from pemn.layers import layer_specs
 for arch, cfg in {cases!r}:
     specs = layer_specs(create_model(arch, **cfg))
     for s in {strategies!r}:

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from pemn.archs import create_model
+from pemn.layers import layer_specs
 from pemn.masking import apply_masks, extract_masks, to_masked
-from pemn.prototype import Strategy, generate, layer_specs
+from pemn.prototype import Strategy, generate
 from trainer.data import load_fashion_mnist
 
 pytestmark = pytest.mark.data

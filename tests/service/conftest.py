@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess
 
 API_KEY = "test-key-0123456789abcdef"
 

@@ -7,19 +7,14 @@ import torch
 
 from pemn.bundle import read_bundle
 from pemn.materialize import materialize
+from pemn.testing import ServerProcess
 from tests.service.conftest import API_KEY
-from tests.service.server import ServerProcess
 
 AUTH = {"X-API-Key": API_KEY}
 
 
 def upload(server: ServerProcess, name: str, data: bytes, **headers: str):  # type: ignore[no-untyped-def]
-    return server.client.post(
-        "/models",
-        params={"name": name},
-        content=data,
-        headers={"content-type": "application/octet-stream", **AUTH, **headers},
-    )
+    return server.upload(name, data, API_KEY, **headers)
 
 
 def local_logits(data: bytes, x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from pemn.bundle import BundleError, read_bundle
 from pemn.prototype import Strategy
-from tests.pemn.bundles import edit_manifest, make_bundle
+from pemn.testing import edit_manifest, make_bundle
 from tests.service.helpers import AUTH, images, local_logits, predict_logits, upload
 
 pytestmark = pytest.mark.redis

@@ -258,8 +258,8 @@ def test_a_burst_of_50_tasks_runs_as_one_batch_and_each_answer_is_its_task_alone
 
     from pemn.bundle import read_bundle
     from pemn.materialize import Backbone
+    from pemn.testing import make_bundle
     from service.runtimes import TorchLane
-    from tests.pemn.bundles import make_bundle
 
     config = {"in_channels": 1, "image_size": 28, "width": 16, "depth": 2, "patch": 4}
     bundles = [read_bundle(make_bundle("convmixer", config, mask_seed=900 + i)) for i in range(50)]

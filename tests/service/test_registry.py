@@ -16,9 +16,9 @@ import torch
 
 from pemn.materialize import Backbone
 from pemn.store import open_async_store
+from pemn.testing import make_bundle
 from service.metrics import Metrics
 from service.registry import Registry
-from tests.pemn.bundles import make_bundle
 
 
 def _registry(store, pool: ThreadPoolExecutor, packed_bytes: int = 1 << 40, **kw) -> Registry:  # type: ignore[no-untyped-def]

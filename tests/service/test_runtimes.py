@@ -15,9 +15,9 @@ import torch
 
 from pemn.bundle import read_bundle
 from pemn.materialize import Backbone, PackedTask
+from pemn.testing import make_bundle
 from service.errors import Unservable
 from service.runtimes import OnnxGraphs, OnnxLane, OnnxRunner, TorchLane
-from tests.pemn.bundles import make_bundle
 from tests.service.helpers import images
 
 CONFIG = {"in_channels": 1, "image_size": 28, "width": 16, "depth": 2, "patch": 4}

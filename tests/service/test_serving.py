@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pemn.bundle import read_bundle
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 from tests.service.conftest import API_KEY
 from tests.service.helpers import images, local_logits, predict_logits, upload
 

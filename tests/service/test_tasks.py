@@ -9,7 +9,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 from tests.service.conftest import API_KEY
 from tests.service.helpers import images, local_logits, predict_logits, upload
 

@@ -1,6 +1,6 @@
 """Bundles for the store tests.
 
-``bundle(i)`` is a real, valid bundle (``tests.pemn.bundles.make_bundle`` with
+``bundle(i)`` is a real, valid bundle (``pemn.testing.make_bundle`` with
 ``mask_seed=i``): different ``i``, different bytes, same backbone. The stores under
 test validate with their default, the bundle reader (``VALIDATOR = None``).
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 
 __all__ = [
     "FAKE_VALIDATOR",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pemn.store import NotFound, Store, Unavailable, open_async_store, open_store
-from tests.servers import MotoServer, RedisServer
+from pemn.testing.servers import MotoServer, RedisServer
 from tests.store.bundles import FAKE_VALIDATOR, VALIDATOR, bundle, fake_bundle
 from tests.store.conftest import FileRaw, RedisRaw
 

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.pemn.bundles import make_bundle
-from tests.servers import RedisServer
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess, make_bundle
+from pemn.testing.servers import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -14,7 +14,7 @@ import pytest
 
 from pemn.cli import main
 from pemn.store import NeedsMigration, NotFound, content_id, open_store
-from tests.conftest import S3Endpoint
+from pemn.testing import S3Endpoint
 from tests.store.bundles import bundle
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"

@@ -19,7 +19,8 @@ def _soak(*args: str) -> dict:
     out = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "soak.py"),
+            "-m",
+            "bench.soak",
             "--json",
             "--clients",
             "8",
@@ -29,6 +30,7 @@ def _soak(*args: str) -> dict:
         ],
         capture_output=True,
         text=True,
+        cwd=ROOT,
         timeout=400,
         check=True,
     )

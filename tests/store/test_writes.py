@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pemn.store import DeadlineExceeded, open_async_store, open_store
-from tests.servers import RedisServer
+from pemn.testing.servers import RedisServer
 from tests.store.bundles import bundle
 from tests.store.conftest import Target, store_options
 

@@ -13,7 +13,7 @@ import torch
 from pemn.bundle import read_bundle
 from pemn.materialize import materialize
 from trainer.data import load_dataset
-from trainer.loop import predict
+from trainer.run import predict
 
 pytestmark = pytest.mark.data
 

@@ -9,13 +9,14 @@ import torch
 
 from pemn.bundle import read_bundle
 from pemn.materialize import materialize
+from pemn.normalize import Normalize
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import Normalize
 from trainer.errors import CheckpointError, OutputError
 from trainer.export import _read_dense, export_run
-from trainer.loop import Interrupted, load_run_data, train
+from trainer.loop import Interrupted, train
 from trainer.model import build_model
+from trainer.run import load_run_data
 
 pytestmark = pytest.mark.data
 

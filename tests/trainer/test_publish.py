@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from pemn.store import open_store
-from tests.pemn.bundles import make_bundle
-from tests.service.server import ServerProcess
+from pemn.testing import ServerProcess, make_bundle
 from trainer.errors import PublishError
 from trainer.publish import Publisher
 

@@ -1,7 +1,7 @@
 """Datasets for the trainer: Fashion-MNIST and MNIST (IDX), CIFAR-10/100 (binary),
 held in memory as uint8 tensors; seeded batches with tensor-op augmentation."""
 
-from trainer.data.batches import Augment, Normalize, augment, steps_per_epoch, train_batches
+from trainer.data.batches import Augment, augment, steps_per_epoch, train_batches
 from trainer.data.cifar import load_cifar, write_cifar_binary
 from trainer.data.datasets import (
     DATASET_SHAPES,
@@ -20,7 +20,6 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "Augment",
     "ImageSet",
-    "Normalize",
     "augment",
     "channel_stats",
     "derive_seed",

@@ -9,7 +9,7 @@ therefore sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from trainer.data.datasets import ImageSet, derive_seed
 
-__all__ = ["Augment", "Normalize", "augment", "epoch_order", "steps_per_epoch", "train_batches"]
+__all__ = ["augment", "epoch_order", "steps_per_epoch", "train_batches"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,6 @@ class Augment:
 
     flip: bool = True
     crop_pad: int = 0
-
-
-class Normalize:
-    """``(x - mean) / std`` per channel on float pixels in [0, 1]; (B, C, H, W)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -18,10 +18,10 @@ import pytest
 from pemn.bundle import BundleError, BundleLimits, read_bundle
 from pemn.bundle.spec import arch_layout
 from pemn.prototype import Strategy
+from pemn.testing import make_bundle
 from tests.pemn.bundle import spec_reader
 from tests.pemn.bundle.attacks.make_attacks import build
 from tests.pemn.bundle.craft import tiny, tiny_manifest
-from tests.pemn.bundles import make_bundle
 
 ATTACKS = Path(__file__).resolve().parent / "attacks"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((ATTACKS / "expected.json").read_text())

@@ -8,11 +8,11 @@ from torch import nn
 
 from pemn.archs import create_model
 from pemn.bundle import InputSpec, inspect_bundle, read_bundle, write_bundle
+from pemn.layers import layer_specs
 from pemn.masking import extract_masks, to_masked, trained_state
 from pemn.materialize import Backbone, materialize, unpack_bits
-from pemn.prototype import Strategy, generate, layer_specs
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import ARCHS, SMALL, STRATEGIES, strategy_id
+from pemn.prototype import Strategy, generate
+from pemn.testing import ARCHS, SMALL, STRATEGIES, make_bundle, strategy_id
 
 SPEC1 = InputSpec(shape=(1, 28, 28), mean=(0.3,), std=(0.35,))
 

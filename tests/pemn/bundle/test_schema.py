@@ -15,9 +15,8 @@ import pytest
 from pemn.bundle import BundleError, read_bundle
 from pemn.bundle.spec import manifest_schema_text
 from pemn.prototype import Strategy
+from pemn.testing import SMALL, make_bundle
 from tests.pemn.bundle.craft import tiny, tiny_manifest
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import SMALL
 
 SCHEMA_FILE = resources.files("pemn.bundle") / "manifest.schema.json"
 

@@ -15,13 +15,13 @@ from torch import nn
 
 from pemn.archs import resolve_config
 from pemn.bundle import read_bundle
+from pemn.bundle.bits import kept_count
 from pemn.bundle.spec import arch_layout
-from pemn.masking import kept_count
+from pemn.layers import LayerSpec
 from pemn.materialize import Backbone
-from pemn.prototype import LayerSpec, Strategy, digest, generate, normal
+from pemn.prototype import Strategy, digest, generate, normal
+from pemn.testing import ARCHS, SMALL, make_bundle
 from tests.pemn.bundle import spec_reader
-from tests.pemn.bundles import make_bundle
-from tests.pemn.small import ARCHS, SMALL
 
 
 def test_spec_reader_imports_nothing_from_pemn() -> None:
@@ -96,7 +96,7 @@ def test_kept_count(n: int, density: float) -> None:
 def test_bit_order_worked_example() -> None:
     """Section 6.1: [[1,0,1,1,0],[0,0,1,0,1]] is stored as 0x8D 0x02."""
     mask = np.array([[1, 0, 1, 1, 0], [0, 0, 1, 0, 1]], dtype=bool)
-    from pemn.bundle.writer import pack_mask
+    from pemn.bundle.bits import pack_mask
 
     assert pack_mask(mask).tobytes() == b"\x8d\x02"
 

@@ -2,7 +2,7 @@
 
     python -m tests.pemn.bundle.golden.make_golden
 
-The bundles come from ``tests.pemn.bundles.make_bundle``, whose masks and norm
+The bundles come from ``pemn.testing.make_bundle``, whose masks and norm
 tensors are drawn from the documented generator, so their bytes depend only on
 the format and the writer. ``test_golden.py`` checks that the writer still
 produces these exact bytes and records their sha256. Regenerate them only when
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pemn.prototype import Strategy
-from tests.pemn.bundles import make_bundle
+from pemn.testing import make_bundle
 
 HERE = Path(__file__).resolve().parent
 

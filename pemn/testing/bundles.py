@@ -1,4 +1,4 @@
-"""Small valid bundles for tests anywhere in the suite.
+"""Small valid bundles for the tests and the benchmarks.
 
 ``make_bundle(**overrides)`` builds a masked network whose masks and norm tensors
 come from the documented generator (so the bytes depend only on our code and the
@@ -9,7 +9,8 @@ give different bytes over the same backbone; different ``seed``/``strategy``/
 
 from __future__ import annotations
 
-import math
+import json
+import struct
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,10 @@ from torch import nn
 
 from pemn.archs import create_model, resolve_config
 from pemn.bundle import InputSpec, write_bundle
-from pemn.masking import kept_count, trained_state
-from pemn.prototype import Strategy, layer_specs, normal
+from pemn.bundle.bits import kept_count
+from pemn.layers import layer_specs
+from pemn.masking import trained_state
+from pemn.prototype import Strategy, normal
 
 __all__ = ["deterministic_masks", "edit_manifest", "make_bundle", "make_model_state"]
 
@@ -65,6 +68,8 @@ def make_bundle(
     labels: list[str] | None = None,
     embed_prototype: bool = False,
 ) -> bytes:
+    """A valid bundle of ``arch`` (default: an MLP on 1x28x28) under ``strategy``
+    (default: rp 1e-2, seed 0) whose masks and norm tensors derive from ``mask_seed``."""
     if config is None:
         config = {"in_channels": 1, "image_size": 28, "hidden": [64]} if arch == "mlp" else {}
     full = resolve_config(arch, **config)
@@ -83,22 +88,15 @@ def make_bundle(
         ),
         labels=labels or [f"class-{i}" for i in range(full["num_classes"])],
         metrics={"test_accuracy": 0.5} if metrics is None else metrics,
+        # the file's old path: the golden bundles' bytes (and sha256) include it
         provenance={"made_by": "tests/pemn/bundles.py", "mask_seed": mask_seed},
         embed_prototype=embed_prototype,
     )
 
 
-def bundle_size(n_weights: int) -> int:
-    """Rough bytes of masks for ``n_weights`` (for sizing test bundles)."""
-    return math.ceil(n_weights / 8)
-
-
 def edit_manifest(data: bytes, edit: Any) -> bytes:
     """The bundle with its manifest replaced by ``edit(manifest_dict)`` (the header
     length and padding are recomputed; tensor data is kept byte for byte)."""
-    import json
-    import struct
-
     n = struct.unpack_from("<Q", data)[0]
     header = json.loads(data[8 : 8 + n])
     manifest = json.loads(header["__metadata__"]["manifest"])

@@ -7,6 +7,8 @@ from typing import Any
 from pemn.archs import list_archs
 from pemn.prototype import Strategy
 
+__all__ = ["ARCHS", "SMALL", "STRATEGIES", "strategy_id"]
+
 SMALL: dict[str, dict[str, Any]] = {
     "convmixer": {"width": 16, "depth": 2, "kernel": 3, "patch": 4},
     "vit": {"width": 32, "depth": 2, "heads": 4, "patch": 4},
@@ -28,4 +30,5 @@ STRATEGIES = [
 
 
 def strategy_id(s: Strategy) -> str:
+    """A test id: ``rp-0.1-paper``."""
     return "-".join(str(x) for x in (s.name, s.ratio, s.scale) if x is not None)

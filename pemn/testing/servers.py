@@ -1,5 +1,7 @@
 """Private Redis and S3 (moto) servers on loopback, for the tests and the benchmarks.
 
+    python -m pemn.testing.servers redis|s3    a throw-away server; prints its URL
+
 ``RedisServer`` runs ``redis-server`` on a free port with no persistence and can be
 stopped and restarted on the same port (the fault tests do that). ``MotoServer``
 runs moto's S3 server on a free port. Both wait until the server answers and raise
@@ -25,10 +27,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Self
 
-__all__ = ["MotoServer", "RedisServer", "ServerError", "free_port", "redis_answers"]
+__all__ = ["MotoServer", "RedisServer", "S3Endpoint", "ServerError", "free_port", "redis_answers"]
 
 _MOTO = """
 import sys
@@ -226,7 +230,21 @@ class MotoServer(_Process):
         return name
 
 
-def _main() -> None:  # pragma: no cover - manual use: python -m tests.servers redis|s3
+@dataclass(frozen=True)
+class S3Endpoint:
+    """An S3 server's endpoint URL, a bucket on it and the credentials to use."""
+
+    endpoint_url: str
+    bucket: str
+    credentials: dict[str, str] = field(default_factory=dict)
+
+    def url(self, prefix: str | None = None) -> str:
+        """A store URL under a fresh (or the given) key prefix."""
+        prefix = prefix or f"t-{uuid.uuid4().hex[:12]}"
+        return f"s3://{self.bucket}/{prefix}?endpoint_url={self.endpoint_url}"
+
+
+def main() -> None:  # pragma: no cover - manual use: python -m pemn.testing.servers redis|s3
     what = sys.argv[1] if len(sys.argv) > 1 else "redis"
     server: _Process = RedisServer() if what == "redis" else MotoServer(threaded=True)
     print(getattr(server, "url", None) or getattr(server, "endpoint_url", ""), flush=True)
@@ -239,4 +257,4 @@ def _main() -> None:  # pragma: no cover - manual use: python -m tests.servers r
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    _main()
+    main()
