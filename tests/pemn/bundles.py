@@ -64,6 +64,7 @@ def make_bundle(
     metrics: dict[str, Any] | None = None,
     labels: list[str] | None = None,
     embed_prototype: bool = False,
+    **write_options: Any,  # format_version, state_dtype: passed to write_bundle
 ) -> bytes:
     if config is None:
         config = {"in_channels": 1, "image_size": 28, "hidden": [64]} if arch == "mlp" else {}
@@ -85,6 +86,7 @@ def make_bundle(
         metrics={"test_accuracy": 0.5} if metrics is None else metrics,
         provenance={"made_by": "tests/pemn/bundles.py", "mask_seed": mask_seed},
         embed_prototype=embed_prototype,
+        **write_options,
     )
 
 
