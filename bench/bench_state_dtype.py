@@ -113,8 +113,7 @@ def run(sources: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
             }
             assert dtype != "float32" or acc == ref_acc
         print(
-            f"{label}: "
-            + ", ".join(f"{d} {100 * row[d]['accuracy']:.2f}%" for d in DTYPES),
+            f"{label}: " + ", ".join(f"{d} {100 * row[d]['accuracy']:.2f}%" for d in DTYPES),
             file=sys.stderr,
         )
         rows.append(row)
@@ -203,7 +202,9 @@ def main() -> None:
     if args.no_docs:
         print(body)
     else:
-        write_section("state-dtype", "Norm state precision: float32, float16, bfloat16", body, command)
+        write_section(
+            "state-dtype", "Norm state precision: float32, float16, bfloat16", body, command
+        )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ _NUMPY: dict[str, np.dtype[Any]] = {
 }
 _ITEMSIZE = {"U8": 1, "F32": 4, "F16": 2, "BF16": 2}
 # fields a 1.x manifest must have; 2.x derives them (format from the metadata)
-_REQUIRED_1X = ("format", "layers", "trained")
+_REQUIRED_1X = ("format", "generator", "layers", "trained")
 
 
 @dataclass(frozen=True)
@@ -577,9 +577,15 @@ def read_bundle(data: bytes, *, limits: BundleLimits | None = None, verify: bool
     layout, strategy = _architecture(manifest, limits)
     arrays, state_dtype = _tensors(header, manifest, major, layout, data, start, limits)
     state = _check_data(manifest, layout, arrays, state_dtype)
-    if manifest.layers is None or manifest.trained is None:  # 2.x: derived, not stored
+    # 2.x leaves out what the architecture implies: hand out the manifest complete
+    full = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in resolve_config(manifest.arch.name, **manifest.arch.config).items()
+    }
+    if manifest.layers is None or manifest.trained is None or full != manifest.arch.config:
         manifest = manifest.model_copy(
             update={
+                "arch": manifest.arch.model_copy(update={"config": full}),
                 "layers": [TensorEntry(name=s.name, shape=list(s.shape)) for s in layout.layers],
                 "trained": list(layout.trained),
             }

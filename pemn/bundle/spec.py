@@ -182,10 +182,12 @@ class InputSpec(_Model):
 
 class Manifest(_Model):
     """The bundle's self-description, stored as canonical JSON in the safetensors
-    metadata key ``manifest``. Format 2.0 leaves out what the architecture implies
-    (``format``, ``layers``, ``trained``, default values); 1.x files carry
-    ``format``, ``layers`` and ``trained`` (required there: the reader checks it).
-    ``read_bundle`` hands out manifests with ``layers`` and ``trained`` filled in."""
+    metadata key ``manifest``. Format 2.0 leaves out what the reader derives
+    (``format``, ``generator``, ``layers``, ``trained``, config values equal to the
+    architecture's defaults, other default values); 1.x files carry ``format``,
+    ``generator``, ``layers`` and ``trained`` (required there: the reader checks it).
+    ``read_bundle`` hands out manifests with ``layers``, ``trained`` and the full
+    ``arch.config`` filled in."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -193,7 +195,7 @@ class Manifest(_Model):
                 "properties": {"format_version": {"pattern": "^0*1\\."}},
                 "required": ["format_version"],
             },
-            "then": {"required": ["format", "layers", "trained"]},
+            "then": {"required": ["format", "generator", "layers", "trained"]},
         }
     )
 
@@ -201,7 +203,7 @@ class Manifest(_Model):
     format_version: Annotated[str, Field(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
     arch: ArchEntry
     strategy: StrategyEntry
-    generator: Literal["splitmix64-boxmuller-v1"]
+    generator: Literal["splitmix64-boxmuller-v1"] = "splitmix64-boxmuller-v1"
     prototype_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     prototype_embedded: StrictBool = False
     density: Annotated[float, Field(gt=0, lt=1)]

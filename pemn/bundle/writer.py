@@ -128,9 +128,10 @@ def _manifest_doc(
 ) -> dict[str, Any]:
     """The manifest (docs/bundle-format.md, section 3). 1.0: every field, as 1.0
     writers always wrote it. 2.0: no field the reader derives (``format`` from the
-    metadata, ``layers`` and ``trained`` from the architecture) and no field equal
-    to its default (section 1.2)."""
+    metadata, ``layers``, ``trained`` and config defaults from the architecture) and
+    no field equal to its default (section 1.2)."""
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in resolve_config(arch).items()}
     inp = input_spec.model_dump(mode="json")
     if version == "1.0":
         return {
@@ -159,9 +160,8 @@ def _manifest_doc(
             del inp[key]
     doc: dict[str, Any] = {
         "format_version": version,
-        "arch": {"name": arch, "config": config},
+        "arch": {"name": arch, "config": {k: v for k, v in config.items() if v != defaults[k]}},
         "strategy": st,
-        "generator": GENERATOR,
         "prototype_digest": prototype_digest,
         "density": density,
         "input": inp,

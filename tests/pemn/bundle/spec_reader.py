@@ -104,6 +104,9 @@ def canonical(value: Any) -> str:
 # ---------------------------------------------------------------- manifest schema (3)
 
 
+GENERATOR = "splitmix64-boxmuller-v1"
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -170,7 +173,7 @@ def _check_schema(m: dict[str, Any], major: int) -> None:
         need(ratio is None, "strategy.ratio")
     need(scale in ("paper", "fan_in"), "strategy.scale")
     need(scale == "paper" or st["name"] in ("mp", "rp"), "strategy.scale")
-    need(m.get("generator") == "splitmix64-boxmuller-v1", "generator")
+    need(m.get("generator", GENERATOR) == GENERATOR, "generator")  # 2.x: the default
     need(
         isinstance(m.get("prototype_digest"), str)
         and re.fullmatch(r"sha256:[0-9a-f]{64}", m["prototype_digest"]) is not None,
@@ -210,7 +213,7 @@ def _check_schema(m: dict[str, Any], major: int) -> None:
     need(_scalars(m.get("metrics", {}), 256), "metrics")
     need(_scalars(m.get("provenance", {}), 256), "provenance")
     if major == 1:
-        for field in ("format", "layers", "trained"):
+        for field in ("format", "generator", "layers", "trained"):
             need(field in m, field)
 
 
@@ -408,7 +411,7 @@ def fingerprint(m: dict[str, Any]) -> str:
             "ratio": st.get("ratio"),
             "scale": st.get("scale", "paper"),
         },
-        "generator": m["generator"],
+        "generator": m.get("generator", GENERATOR),
     }
     return "sha256:" + hashlib.sha256(canonical(doc).encode()).hexdigest()
 

@@ -24,9 +24,9 @@ GOLDEN = {
     "mlp-rp-1.0.pemn": "23ecdb7353bdb0743d085f197fa967afec90a7d3438dc4c23a4fd115d6bf2c9b",
     "vit-mp-embedded-1.0.pemn": "80ea8e41d933504998c96a62927c170431e14d845a6ca19327864708322f2f78",
     # format 2.0: state float16 (default), bfloat16, float32
-    "mlp-rp.pemn": "d730019826f19abc3e7a6a88236083da05471ee1f80d77158c053ae79cccafac",
-    "mlp-rp-bf16.pemn": "2d9da5f11ad091aa6c77fb3d68292e26b3a39b0f604ea02ea4fef76a5387dca1",
-    "vit-mp-embedded-f32.pemn": "6bec1b8382a0dccf66d31c51a15633810237c0432ee85431d766787912cada5e",
+    "mlp-rp.pemn": "56c7da5c8013d181a30cd64c9b67d4f5e4b1d5b22008328d47eebb1c89c722f6",
+    "mlp-rp-bf16.pemn": "5cbf35cba7cedbf7fd88dfd17cddbd0fca1c114c29851e84bc90e8c7e7dcc46b",
+    "vit-mp-embedded-f32.pemn": "959ba2cc5e033954f1cb899b33390839d3e3cf8bd594a04eb2bd6fd77c492c63",
 }
 
 
@@ -72,7 +72,9 @@ def test_golden_layout_is_the_documented_one(name: str) -> None:
     version = manifest["format_version"]
     assert version == ("1.0" if name.endswith("-1.0.pemn") else "2.0")
     if version == "2.0":  # section 3: nothing derivable, no default values
-        assert not {"format", "layers", "trained"} & set(manifest)
+        assert not {"format", "generator", "layers", "trained"} & set(manifest)
+        defaults = spec_reader.DEFAULTS[manifest["arch"]["name"]]
+        assert all(v != defaults[k] for k, v in manifest["arch"]["config"].items())
         assert "ratio" not in manifest["strategy"] or manifest["strategy"]["name"] == "rp"
         assert "dtype" not in manifest["input"] and "range" not in manifest["input"]
         want = {"mlp-rp.pemn": "F16", "mlp-rp-bf16.pemn": "BF16"}.get(name, "F32")

@@ -158,11 +158,18 @@ BUNDLES = [  # (arch, strategy, embed, write_bundle options)
 def _same_manifest(spec: dict, ours: dict) -> None:
     """The spec reader's manifest (the file's JSON) and pemn's (typed, defaults and
     derived fields filled in) say the same things."""
-    defaults = {"prototype_embedded": False, "metrics": {}, "provenance": {}}
+    defaults = {
+        "prototype_embedded": False,
+        "metrics": {},
+        "provenance": {},
+        "generator": spec_reader.GENERATOR,
+    }
     for key, value in ours.items():
         if key in ("layers", "trained", "format") and key not in spec:
             continue  # 2.x: derived, compared through the layouts
         got = spec.get(key, defaults.get(key))
+        if key == "arch":  # 2.x stores only the config values that are not defaults
+            got = {"name": got["name"], "config": spec_reader.resolve(got["name"], got["config"])}
         if key == "strategy":
             got = {"ratio": None, "scale": "paper", **got}
         if key == "input":
