@@ -87,6 +87,10 @@ def tiny_manifest(**overrides: Any) -> dict[str, Any]:
         "metrics": {"test_accuracy": 0.5},
         "provenance": {"made_by": "tests/pemn/bundle/craft.py"},
     }
+    return _overridden(m, overrides)
+
+
+def _overridden(m: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for k, v in overrides.items():
         if v is None:
             m.pop(k, None)
@@ -96,17 +100,13 @@ def tiny_manifest(**overrides: Any) -> dict[str, Any]:
 
 
 def tiny_manifest_2(**overrides: Any) -> dict[str, Any]:
-    """The tiny bundle's manifest in format 2.0; ``overrides`` as in ``tiny_manifest``."""
+    """The tiny bundle's manifest in format 2.0 (what the writer would write: no
+    derived fields, no defaults); ``overrides`` as in ``tiny_manifest``."""
     m = tiny_manifest(format_version="2.0")
-    for key in ("format", "layers", "trained", "prototype_embedded"):
+    for key in ("format", "generator", "layers", "trained", "prototype_embedded"):
         del m[key]
     m["strategy"] = {"name": "mask", "seed": 0}
-    for k, v in overrides.items():
-        if v is None:
-            m.pop(k, None)
-        else:
-            m[k] = v
-    return m
+    return _overridden(m, overrides)
 
 
 def tiny_tensors(masks: bytes = TINY_MASKS, state: bytes = TINY_STATE) -> list[Tensor]:

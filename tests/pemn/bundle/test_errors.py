@@ -48,20 +48,20 @@ def _manifest(**changes: Any) -> Callable[[], bytes]:
     return lambda: tiny(tiny_manifest(**changes))
 
 
+def _changed(m: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``m`` with nested fields set: ``arch__config__width=3`` sets m["arch"]["config"]["width"]."""
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        d = m
+        for part in parents:
+            d = d[part]
+        d[leaf] = value
+    return m
+
+
 def _nested(**changes: Any) -> Callable[[], bytes]:
     """Change nested manifest fields: ``_nested(arch__config__width=3)``."""
-
-    def make() -> bytes:
-        m = tiny_manifest()
-        for path, value in changes.items():
-            *parents, leaf = path.split("__")
-            d = m
-            for p in parents:
-                d = d[p]
-            d[leaf] = value
-        return tiny(m)
-
-    return make
+    return lambda: tiny(_changed(tiny_manifest(), changes))
 
 
 def _tensors(**change: Any) -> Callable[[], bytes]:
@@ -85,17 +85,9 @@ def _v2(tensors: list[Tensor] | None = None, **changes: Any) -> Callable[[], byt
     """A format 2.0 tiny bundle (state F16 unless ``tensors`` say otherwise) with
     nested manifest changes as in ``_nested``."""
 
-    def make() -> bytes:
-        m = tiny_manifest_2()
-        for path, value in changes.items():
-            *parents, leaf = path.split("__")
-            d = m
-            for part in parents:
-                d = d[part]
-            d[leaf] = value
-        return tiny(m, tiny_tensors_2() if tensors is None else tensors)
-
-    return make
+    return lambda: tiny(
+        _changed(tiny_manifest_2(), changes), tiny_tensors_2() if tensors is None else tensors
+    )
 
 
 def _f16_state(*values: float) -> bytes:
