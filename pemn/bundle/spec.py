@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from torch import nn
 
 from pemn.archs import create_model
@@ -207,14 +208,24 @@ class Manifest(_Model):
     prototype_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     prototype_embedded: StrictBool = False
     density: Annotated[float, Field(gt=0, lt=1)]
-    layers: Annotated[list[TensorEntry], Field(min_length=1, max_length=65536)] | None = None
-    trained: Annotated[list[TensorEntry], Field(max_length=65536)] | None = None
+    # absent in 2.x (derived); never null (the schema shows arrays only)
+    layers: (
+        Annotated[list[TensorEntry], Field(min_length=1, max_length=65536)] | SkipJsonSchema[None]
+    ) = None
+    trained: Annotated[list[TensorEntry], Field(max_length=65536)] | SkipJsonSchema[None] = None
     input: InputSpec
     labels: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=100_000)
     ]
     metrics: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
     provenance: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
+
+    @field_validator("layers", "trained", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any) -> Any:
+        if value is None:  # optional in 2.x means absent; null is not an array
+            raise ValueError("must be an array when present")
+        return value
 
     @property
     def fingerprint(self) -> str:

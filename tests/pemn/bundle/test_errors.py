@@ -251,6 +251,7 @@ CASES = [
         "1.3",
     ),
     Case(E.ManifestInvalid, "v2-format-wrong", _v2(format="other"), "format"),
+    Case(E.ManifestInvalid, "v2-layers-null", _v2(layers=None), "layers"),
     Case(E.ManifestInvalid, "input-shape", _nested(input__shape=[1, 3, 3]), "input.shape"),
     Case(E.ManifestInvalid, "labels-count", _manifest(labels=["a", "b", "c"]), "labels"),
     Case(E.ManifestInvalid, "generator", _manifest(generator="mt19937"), "generator"),

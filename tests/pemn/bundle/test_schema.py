@@ -120,6 +120,7 @@ INVALID = {
     "v2-rp-ratio-zero": tiny_manifest_2(strategy={"name": "rp", "seed": 0, "ratio": 0}),
     "v2-rp-ratio-1.5": tiny_manifest_2(strategy={"name": "rp", "seed": 0, "ratio": 1.5}),
     "v2-format-other": tiny_manifest_2(format="other"),
+    "v2-layers-null": {**tiny_manifest_2(), "layers": None},
 }
 V2 = {name for name in INVALID if name.startswith("v2-")}
 
