@@ -41,7 +41,8 @@ def encode_state(values: np.ndarray, header_dtype: str) -> tuple[np.ndarray, int
         out: np.ndarray = x
         check = x
     elif header_dtype == "F16":
-        out = x.astype("<f2")  # numpy rounds to nearest, ties to even
+        with np.errstate(over="ignore"):  # beyond the range: inf, reported below
+            out = x.astype("<f2")  # numpy rounds to nearest, ties to even
         check = out
     elif header_dtype == "BF16":
         u = x.view("<u4")
