@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import statistics
 import struct
 import sys
@@ -92,11 +93,15 @@ VARIANTS = [  # (column, write_bundle options)
     ("2.0 float32", {"state_dtype": "float32"}),
     ("2.0 bfloat16", {"state_dtype": "bfloat16"}),
     ("2.0 float16", {}),  # the default
+    ("2.0 float16, no metrics or provenance", {"bare": True}),
 ]
 
 
-def _bundle(arch: str, config: dict[str, Any], strategy: Strategy, **options: Any) -> bytes:
-    """A bundle with the manifest the trainer writes: labels, metrics, the command."""
+def _bundle(
+    arch: str, config: dict[str, Any], strategy: Strategy, bare: bool = False, **options: Any
+) -> bytes:
+    """A bundle with the manifest the trainer writes: labels, metrics, the command
+    (``bare``: without the metrics and the provenance)."""
     full = resolve_config(arch, **config)
     model = create_model(arch, **full)
     dataset = "fashion-mnist" if full["in_channels"] == 1 else "cifar10"
@@ -117,7 +122,9 @@ def _bundle(arch: str, config: dict[str, Any], strategy: Strategy, **options: An
         trained=make_model_state(model, 0),
         input_spec=InputSpec(shape=(c, full["image_size"], full["image_size"]), **STATS[dataset]),
         labels=[s.replace("_", " ") for s in LABELS[dataset].split()],
-        metrics={
+        metrics={}
+        if bare
+        else {
             "dataset": dataset,
             "epochs": 3,
             "eval_batch_size": 1000,
@@ -125,7 +132,7 @@ def _bundle(arch: str, config: dict[str, Any], strategy: Strategy, **options: An
             "test_accuracy": 0.8857,
             "test_examples": 10000,
         },
-        provenance={"command": command},
+        provenance={} if bare else {"command": command},
         **options,
     )
 
@@ -282,6 +289,11 @@ def examples() -> list[dict[str, Any]]:
     return out
 
 
+def _ratio(dense: int, size: int) -> str:
+    """dense / size truncated (not rounded) to 2 decimals: 29.9986 is 29.99x, not 30.00x."""
+    return f"{math.floor(100 * dense / size) / 100:.2f}x"
+
+
 def _ms(s: float) -> str:
     return f"{1e3 * s:.1f}"
 
@@ -291,7 +303,7 @@ def render(
 ) -> str:
     def cell(r: dict[str, Any], name: str) -> str:
         size = r["sizes"][name]["bytes"]
-        return f"{size:,} ({r['dense_st_bytes'] / size:.2f}x)"
+        return f"{size:,} ({_ratio(r['dense_st_bytes'], size)})"
 
     sizes = table(
         [
@@ -311,7 +323,7 @@ def render(
                 f"{r['dense_st_bytes']:,}",
                 *(cell(r, name) for name, _ in VARIANTS),
                 "{masks:,} / {state:,} / {header:,}".format(**r["sizes"]["2.0 float16"]),
-                f"{r['dense_st_bytes'] / r['sizes']['2.0 float16']['masks']:.1f}x",
+                _ratio(r["dense_st_bytes"], r["sizes"]["2.0 float16"]["masks"]),
             ]
             for r in rows
         ],
@@ -340,8 +352,8 @@ def render(
             [
                 e["file"],
                 f"{e['dense']:,}",
-                f"{e['1.0']['bytes']:,} ({e['dense'] / e['1.0']['bytes']:.1f}x)",
-                f"{e['2.0']['bytes']:,} ({e['dense'] / e['2.0']['bytes']:.1f}x)",
+                f"{e['1.0']['bytes']:,} ({_ratio(e['dense'], e['1.0']['bytes'])})",
+                f"{e['2.0']['bytes']:,} ({_ratio(e['dense'], e['2.0']['bytes'])})",
                 f"{e['1.0']['header']:,} -> {e['2.0']['header']:,}",
             ]
             for e in (rows[0].get("examples") or [])
@@ -412,7 +424,8 @@ def render(
         "the 1-bit ceiling is 32x), >= 20x for the reference ConvMixer-128/4; warm <= 0.5x and "
         "cold <= 1.0x the dense safetensors load.\n\n"
         f"### Sizes: format 1.0 beside 2.0\n\n{sizes}\n\n"
-        "Header = the 8-byte length, the JSON header with the manifest, and padding to 8 bytes. "
+        "Ratios are truncated to 2 decimals. Header = the 8-byte length, the JSON header "
+        "with the manifest, and padding to 8 bytes. "
         "Where the bytes went (masks / norm state / header):\n\n"
         f"{parts_1}\n\n"
         "The shipped example bundles (ConvMixer-64/4, patch 4, trained; `python -m pemn convert`):\n\n"
