@@ -15,7 +15,6 @@ Every failure raises its own ``BundleError`` subclass.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import struct
@@ -34,7 +33,6 @@ from pemn.bundle import errors as E
 from pemn.bundle.dtypes import HEADER_DTYPES, decode_state, state_value_name
 from pemn.bundle.spec import (
     FORMAT,
-    MAX_JSON_DEPTH,
     READ_MAJORS,
     ArchLayout,
     BundleLimits,
@@ -43,6 +41,7 @@ from pemn.bundle.spec import (
     arch_layout,
     mask_offsets,
 )
+from pemn.bundle.strict_json import BadJSON, strict_json
 from pemn.errors import InvalidParameterError
 from pemn.masking import kept_count
 from pemn.prototype import PrototypeStats, Strategy, digest, generate, stats
@@ -121,84 +120,6 @@ class Bundle:
         return out
 
 
-class _BadJSON(Exception):
-    """Why a JSON text breaks the format's JSON rules (see _strict_json)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _BadJSON(f"duplicate key {key[:64]!r}")
-            seen.add(key)
-    return out
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadJSON(f"number {text[:20]} is out of the float64 range")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON number")
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_unique_keys, parse_float=_finite_float, parse_constant=_no_constant
-)
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth: 0 for a number, string, true, false or null; 1 + the deepest
-    member for an array or object (so ``[]`` and ``{}`` are 1). Iterative: no
-    recursion limit, and it stops as soon as MAX_JSON_DEPTH is exceeded."""
-    if not isinstance(value, dict | list):
-        return 0
-    deepest = 0
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        for member in v.values() if isinstance(v, dict) else v:
-            if isinstance(member, dict | list):
-                stack.append((member, d + 1))
-    return deepest
-
-
-def _strict_json(text: str, *, padded: bool = False) -> Any:
-    """Parse RFC 8259 JSON more strictly than ``json.loads``: no duplicate keys, no
-    NaN/Infinity, finite numbers, integers of at most 4300 digits, at most
-    ``MAX_JSON_DEPTH`` levels of arrays and objects, no unpaired surrogate escapes.
-    ``padded``: the text is one value followed only by spaces (0x20), the header's
-    padding."""
-    try:
-        if padded:
-            value, end = _DECODER.raw_decode(text)
-            if text[end:].strip(" "):
-                raise _BadJSON(f"non-space bytes follow the JSON value at offset {end}")
-        else:
-            value = _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise _BadJSON(f"{exc.msg} at offset {exc.pos}") from None
-    except RecursionError:  # far deeper than MAX_JSON_DEPTH
-        raise _BadJSON(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    except ValueError:  # int() of more than 4300 digits
-        raise _BadJSON("a number has too many digits") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise _BadJSON(f"nested more than {MAX_JSON_DEPTH} levels deep")
-    try:  # an unpaired surrogate escape (e.g. "\ud800") decodes but cannot be encoded
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise _BadJSON("a string holds an unpaired surrogate escape") from None
-    return value
-
-
 def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
     if len(data) > limits.max_file_bytes:
         raise E.BundleTooLarge(
@@ -217,12 +138,12 @@ def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
     if not raw.startswith(b"{"):
         raise E.HeaderInvalid("header does not start with '{'", "header")
     try:
-        header = _strict_json(raw.decode("utf-8"), padded=True)
+        header = strict_json(raw.decode("utf-8"), padded=True)
     except UnicodeDecodeError as exc:
         raise E.HeaderInvalid(
             f"header is not valid UTF-8 (byte {8 + exc.start} of the file)", "header"
         ) from None
-    except _BadJSON as exc:
+    except BadJSON as exc:
         raise E.HeaderInvalid(f"header is not valid JSON: {exc}", "header") from None
     if not isinstance(header, dict):
         raise E.HeaderInvalid("header is not a JSON object", "header")
@@ -259,8 +180,8 @@ def _manifest(header: dict[str, Any]) -> tuple[Manifest, int]:
     if "manifest" not in meta:
         raise E.NotABundle("metadata has no manifest", "__metadata__.manifest")
     try:
-        doc = _strict_json(meta["manifest"])
-    except _BadJSON as exc:
+        doc = strict_json(meta["manifest"])
+    except BadJSON as exc:
         raise E.ManifestNotJSON(f"metadata manifest is not valid JSON: {exc}", "manifest") from None
     if not isinstance(doc, dict):
         raise E.ManifestNotJSON("metadata manifest is not a JSON object", "manifest")
