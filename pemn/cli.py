@@ -3,6 +3,7 @@
 stats     N, M, U and the paper's compression of an architecture under a strategy
 inspect   summary of a bundle (validates it)
 verify    full validation of a bundle: exit 0 when valid, 1 with the error code when not
+convert   a bundle rewritten in another format version or norm-state precision
 export    a bundle as ONNX, checked against PyTorch
 schema    the JSON Schema of the bundle manifest
 publish   upload bundle files (or directories of *.pemn) into a store
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pemn.archs import create_model, list_archs, parse_config_items
+from pemn.bundle.dtypes import STATE_DTYPES
+from pemn.bundle.spec import FORMAT_VERSION, WRITE_VERSIONS
 from pemn.files import atomic_write
 from pemn.layers import layer_specs
 from pemn.prototype import STRATEGIES, Strategy, stats
@@ -115,7 +118,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     ratio = f" ratio {summary['ratio']:g}" if summary["ratio"] is not None else ""
-    print(f"{args.file}: pemn bundle v{summary['format_version']}")
+    print(
+        f"{args.file}: pemn bundle v{summary['format_version']}, norm state {summary['state_dtype']}"
+    )
     print(f"  arch        {summary['arch']} {json.dumps(summary['config'])}")
     print(
         f"  strategy    {summary['strategy']}{ratio} scale {summary['scale']} seed {summary['seed']} density {summary['density']}"
@@ -148,6 +153,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{args.file}: valid ({b.manifest.arch.name}, {b.strategy.name}, {b.size:,} bytes, {b.content_id})"
+    )
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pemn.bundle import convert_bundle, inspect_bundle
+
+    data = _read_file(args.file)
+    out = convert_bundle(data, format_version=args.format_version, state_dtype=args.state_dtype)
+    summary = inspect_bundle(out)
+    try:
+        atomic_write(args.output, out)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write {args.output}: {exc.strerror}") from None
+    print(
+        f"wrote {args.output}: format {summary['format_version']}, norm state "
+        f"{summary['state_dtype']}, {len(data):,} -> {len(out):,} bytes "
+        f"({summary['size_ratio']:.1f}x dense fp32), content id {summary['content_id']}"
     )
     return 0
 
@@ -302,6 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="bundle file (.pemn)")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a bundle in another format version or norm-state precision (same masks)",
+    )
+    p.add_argument("file", help="bundle file (.pemn), any version this reader reads")
+    p.add_argument("-o", "--output", required=True, help="bundle file to write (atomically)")
+    p.add_argument(
+        "--format-version",
+        choices=WRITE_VERSIONS,
+        default=FORMAT_VERSION,
+        help="format to write (default %(default)s; 1.0 for readers of format 1 only)",
+    )
+    p.add_argument(
+        "--state-dtype",
+        choices=sorted(STATE_DTYPES),
+        default=None,
+        help="precision of the norm state (default: float16 in 2.0, float32 in 1.0)",
+    )
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
         "export",

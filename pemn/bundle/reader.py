@@ -2,18 +2,18 @@
 
 Untrusted bytes are checked in an order that never allocates more than the caps
 allow: total size, header length, header JSON (strict: no duplicate keys, no
-NaN, bounded numbers and nesting), manifest, architecture (built on the meta
-device, so declared sizes cost nothing; layouts are cached per config), tensor
-table (dtypes, shapes, offsets, no holes, no trailing bytes), then the data
-itself (mask padding bits and popcounts, finite trained values) through
-zero-copy views, and finally the prototype digest (cached per backbone
-fingerprint for generated prototypes). Every failure raises its own
-``BundleError`` subclass.
+NaN, bounded numbers, at most ``MAX_JSON_DEPTH`` levels), manifest (version
+first: formats 1.x and 2.x), architecture (built on the meta device, so declared
+sizes cost nothing; layouts are cached per config), tensor table (dtypes,
+shapes, offsets, no holes, no trailing bytes), then the data itself (mask
+padding bits and popcounts, finite trained values) through zero-copy views
+(a float16 or bfloat16 state is converted to float32), and finally the
+prototype digest (cached per backbone fingerprint for generated prototypes).
+Every failure raises its own ``BundleError`` subclass.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -28,15 +28,18 @@ from pydantic import ValidationError
 from pemn.archs import list_archs, resolve_config
 from pemn.bundle import errors as E
 from pemn.bundle.bits import kept_count
+from pemn.bundle.dtypes import HEADER_DTYPES, decode_state, state_value_name
 from pemn.bundle.spec import (
     FORMAT,
-    MAJOR_VERSION,
+    READ_MAJORS,
     ArchLayout,
     BundleLimits,
     Manifest,
+    TensorEntry,
     arch_layout,
     mask_offsets,
 )
+from pemn.bundle.strict_json import BadJSON, strict_json
 from pemn.caches import CACHES
 from pemn.content import content_id
 from pemn.errors import InvalidParameterError
@@ -51,16 +54,28 @@ __all__ = [
     "verify_prototype",
 ]
 
-_DTYPES: dict[str, tuple[str, np.dtype[Any]]] = {
-    "masks": ("U8", np.dtype(np.uint8)),
-    "state": ("F32", np.dtype("<f4")),
-    "prototype": ("F32", np.dtype("<f4")),
+# header dtypes each tensor may have, by format major version
+_DTYPES: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {"masks": ("U8",), "state": ("F32",), "prototype": ("F32",)},
+    2: {"masks": ("U8",), "state": ("F16", "BF16", "F32"), "prototype": ("F32",)},
 }
+_NUMPY: dict[str, np.dtype[Any]] = {
+    "U8": np.dtype(np.uint8),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # bit patterns; decode_state makes float32 of them
+}
+_ITEMSIZE = {"U8": 1, "F32": 4, "F16": 2, "BF16": 2}
+# fields a 1.x manifest must have; 2.x derives them (format from the metadata)
+_REQUIRED_1X = ("format", "generator", "layers", "trained")
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle. Arrays are read-only views into ``data`` (no copies)."""
+    """A validated bundle. Arrays are read-only views into ``data`` (no copies),
+    except ``state`` when it is stored as float16 or bfloat16: then a read-only
+    float32 copy. ``manifest`` has ``layers`` and ``trained`` filled in from the
+    architecture when the file leaves them out (format 2.0)."""
 
     data: bytes = field(repr=False)
     manifest: Manifest
@@ -69,6 +84,7 @@ class Bundle:
     masks: np.ndarray = field(repr=False)  # uint8 (total mask bytes,)
     state: np.ndarray = field(repr=False)  # float32 (total state values,)
     prototype: np.ndarray | None = field(repr=False)  # float32 (N,) when embedded
+    state_dtype: str = "F32"  # how the file stores ``state``: F32, F16 or BF16
 
     @property
     def size(self) -> int:
@@ -103,64 +119,6 @@ class Bundle:
         return out
 
 
-class _BadJSON(Exception):
-    """Why a JSON text breaks the format's JSON rules (see _strict_json)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _BadJSON(f"duplicate key {key[:64]!r}")
-            seen.add(key)
-    return out
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadJSON(f"number {text[:20]} is out of the float64 range")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON number")
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_unique_keys, parse_float=_finite_float, parse_constant=_no_constant
-)
-
-
-def _strict_json(text: str, *, padded: bool = False) -> Any:
-    """Parse RFC 8259 JSON more strictly than ``json.loads``: no duplicate keys, no
-    NaN/Infinity, finite numbers, integers of at most 4300 digits, nesting within
-    the interpreter's recursion limit, no unpaired surrogate escapes. ``padded``:
-    the text is one value followed only by spaces (0x20), the header's padding."""
-    try:
-        if padded:
-            value, end = _DECODER.raw_decode(text)
-            if text[end:].strip(" "):
-                raise _BadJSON(f"non-space bytes follow the JSON value at offset {end}")
-        else:
-            value = _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise _BadJSON(f"{exc.msg} at offset {exc.pos}") from None
-    except RecursionError:
-        raise _BadJSON("nested too deeply") from None
-    except ValueError:  # int() of more than 4300 digits
-        raise _BadJSON("a number has too many digits") from None
-    try:  # an unpaired surrogate escape (e.g. "\ud800") decodes but cannot be encoded
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise _BadJSON("a string holds an unpaired surrogate escape") from None
-    except RecursionError:
-        raise _BadJSON("nested too deeply") from None
-    return value
-
-
 def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
     if len(data) > limits.max_file_bytes:
         raise E.BundleTooLarge(
@@ -179,12 +137,12 @@ def _header(data: bytes, limits: BundleLimits) -> tuple[dict[str, Any], int]:
     if not raw.startswith(b"{"):
         raise E.HeaderInvalid("header does not start with '{'", "header")
     try:
-        header = _strict_json(raw.decode("utf-8"), padded=True)
+        header = strict_json(raw.decode("utf-8"), padded=True)
     except UnicodeDecodeError as exc:
         raise E.HeaderInvalid(
             f"header is not valid UTF-8 (byte {8 + exc.start} of the file)", "header"
         ) from None
-    except _BadJSON as exc:
+    except BadJSON as exc:
         raise E.HeaderInvalid(f"header is not valid JSON: {exc}", "header") from None
     if not isinstance(header, dict):
         raise E.HeaderInvalid("header is not a JSON object", "header")
@@ -207,7 +165,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "manifest"
 
 
-def _manifest(header: dict[str, Any]) -> Manifest:
+def _manifest(header: dict[str, Any]) -> tuple[Manifest, int]:
+    """The validated manifest (section 3, steps 4-7) and its format major version."""
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise E.NotABundle(
@@ -220,8 +179,8 @@ def _manifest(header: dict[str, Any]) -> Manifest:
     if "manifest" not in meta:
         raise E.NotABundle("metadata has no manifest", "__metadata__.manifest")
     try:
-        doc = _strict_json(meta["manifest"])
-    except _BadJSON as exc:
+        doc = strict_json(meta["manifest"])
+    except BadJSON as exc:
         raise E.ManifestNotJSON(f"metadata manifest is not valid JSON: {exc}", "manifest") from None
     if not isinstance(doc, dict):
         raise E.ManifestNotJSON("metadata manifest is not a JSON object", "manifest")
@@ -231,17 +190,26 @@ def _manifest(header: dict[str, Any]) -> Manifest:
         raise E.ManifestInvalid(
             f"manifest format_version {version!r} is not MAJOR.MINOR", "format_version"
         )
-    if int(match[1]) != MAJOR_VERSION:
+    major = int(match[1])
+    if major not in READ_MAJORS:
+        known = " and ".join(f"{v}.x" for v in READ_MAJORS)
         raise E.UnsupportedVersion(
-            f"format_version {version} is not supported (this reader reads {MAJOR_VERSION}.x)",
+            f"format_version {version} is not supported (this reader reads {known})",
             "format_version",
         )
     try:
-        return Manifest.model_validate_json(meta["manifest"])
+        m = Manifest.model_validate_json(meta["manifest"])
     except ValidationError as exc:
         err = exc.errors()[0]
         where = _location(tuple(err["loc"]))
         raise E.ManifestInvalid(f"manifest field {where}: {err['msg']}", where) from None
+    if major == 1:
+        for name in _REQUIRED_1X:
+            if name not in m.model_fields_set:
+                raise E.ManifestInvalid(
+                    f"manifest field {name}: Field required (format {version})", name
+                )
+    return m, major
 
 
 def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strategy]:
@@ -250,22 +218,21 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
             f"architecture {m.arch.name!r} is unknown (known: {', '.join(list_archs())})",
             "arch.name",
         )
+    strategy = m.strategy.to_strategy()  # the schema step checked every strategy rule
     try:
         config = resolve_config(m.arch.name, **m.arch.config)
-        strategy = m.strategy.to_strategy()
     except InvalidParameterError as exc:
-        if exc.param in ("strategy", "seed", "ratio", "scale"):
-            where = "strategy." + ("name" if exc.param == "strategy" else exc.param)
-        elif exc.param.endswith(" config key"):  # a key the architecture does not take
+        if exc.param.endswith(" config key"):  # a key the architecture does not take
             where = f"arch.config[{str(exc.value)[:64]!r}]"
         else:
             where = f"arch.config.{exc.param}"
         raise E.ManifestInvalid(f"manifest {where}: {exc}", where) from None
-    if len(m.layers) > limits.max_layers:
+    declared = m.layers or []  # absent in 2.x: nothing declared, the architecture decides
+    if len(declared) > limits.max_layers:
         raise E.ModelTooLarge(
-            f"{len(m.layers)} layers exceed the {limits.max_layers}-layer limit", "layers"
+            f"{len(declared)} layers exceed the {limits.max_layers}-layer limit", "layers"
         )
-    declared_n = sum(e.numel for e in m.layers)
+    declared_n = sum(e.numel for e in declared)
     if declared_n > limits.max_weights:
         raise E.ModelTooLarge(
             f"{declared_n} weights exceed the {limits.max_weights}-weight limit", "layers"
@@ -298,7 +265,7 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
             "arch.config",
         )
     expected = [(s.name, list(s.shape)) for s in layout.layers]
-    got = [(e.name, e.shape) for e in m.layers]
+    got = expected if m.layers is None else [(e.name, e.shape) for e in m.layers]
     if got != expected:
         i = next(
             (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
@@ -309,8 +276,8 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
             f"manifest layers[{i}] is {got[i] if i < len(got) else 'missing'}, the architecture has {want}",
             f"layers[{i}]",
         )
-    trained_got = [(e.name, e.shape) for e in m.trained]
     trained_want = [(e.name, e.shape) for e in layout.trained]
+    trained_got = trained_want if m.trained is None else [(e.name, e.shape) for e in m.trained]
     if trained_got != trained_want:
         i = next(
             (i for i, (a, b) in enumerate(zip(trained_got, trained_want, strict=False)) if a != b),
@@ -337,11 +304,13 @@ def _architecture(m: Manifest, limits: BundleLimits) -> tuple[ArchLayout, Strate
 def _tensors(
     header: dict[str, Any],
     m: Manifest,
+    major: int,
     layout: ArchLayout,
     data: bytes,
     start: int,
     limits: BundleLimits,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], str]:
+    """Views of the tensors (state still in its stored dtype) and the state's dtype."""
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     if len(entries) > limits.max_tensors:
         raise E.TooManyTensors(
@@ -365,10 +334,13 @@ def _tensors(
                 f"tensor {name!r} entry needs exactly dtype, shape and data_offsets", name
             )
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype != _DTYPES[name][0]:
+        allowed = _DTYPES[major][name]
+        if dtype not in allowed:
             shown = repr(dtype)[:32]
+            wanted = " or ".join(allowed)
             raise E.WrongDtype(
-                f"tensor {name!r} has dtype {shown}, the format requires {_DTYPES[name][0]}", name
+                f"tensor {name!r} has dtype {shown}, format {m.format_version} requires {wanted}",
+                name,
             )
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise E.HeaderInvalid(
@@ -390,7 +362,7 @@ def _tensors(
                 f"tensor {name!r} data_offsets {offsets} are not a non-negative ascending pair",
                 name,
             )
-        need = math.prod(shape) * _DTYPES[name][1].itemsize
+        need = math.prod(shape) * _ITEMSIZE[dtype]
         if e - b != need:
             raise E.InvalidOffsets(
                 f"tensor {name!r} spans {e - b} bytes but its shape needs {need}", name
@@ -409,22 +381,26 @@ def _tensors(
         )
     if pos < buffer_len:
         raise E.TrailingBytes(f"{buffer_len - pos} bytes follow the last tensor", "data")
-    return {
+    arrays = {
         name: np.frombuffer(
             data,
-            dtype=_DTYPES[name][1],
+            dtype=_NUMPY[info["dtype"]],
             count=math.prod(info["shape"]),
             offset=start + info["data_offsets"][0],
         )
         for name, info in entries.items()
     }
+    return arrays, entries["state"]["dtype"]
 
 
 def _popcount(a: np.ndarray) -> int:
     return int(np.bitwise_count(a).sum(dtype=np.int64))
 
 
-def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) -> None:
+def _check_data(
+    m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray], state_dtype: str
+) -> np.ndarray:
+    """Steps 10: mask padding and popcounts, finite values; returns the state as float32."""
     masks = arrays["masks"]
     offsets, _ = mask_offsets(layout.layers)
     for s, o in zip(layout.layers, offsets, strict=True):
@@ -441,11 +417,20 @@ def _check_data(m: Manifest, layout: ArchLayout, arrays: dict[str, np.ndarray]) 
                 f"mask of layer {s.name!r} keeps {kept} of {s.numel} weights; density {m.density} requires {want}",
                 f"masks.{s.name}",
             )
-    state = arrays["state"]
-    if not np.isfinite(state).all():
-        raise E.NonFiniteValue("tensor 'state' holds NaN or infinite values", "state")
+    state = decode_state(arrays["state"], state_dtype)
+    finite = np.isfinite(state)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise E.NonFiniteValue(
+            f"tensor 'state' ({state_dtype}) holds NaN or infinite values, first at "
+            f"{state_value_name(layout.trained, first)} ({HEADER_DTYPES[state_dtype]} value {state[first]})",
+            "state",
+        )
     if "prototype" in arrays and not np.isfinite(arrays["prototype"]).all():
         raise E.NonFiniteValue("tensor 'prototype' holds NaN or infinite values", "prototype")
+    if state_dtype != "F32":
+        state.setflags(write=False)  # like the views of the other formats
+    return state
 
 
 # Digests of generated prototypes by backbone fingerprint, in CACHES.digests. The
@@ -493,12 +478,32 @@ def read_bundle(data: bytes, *, limits: BundleLimits | None = None, verify: bool
     limits = limits or BundleLimits()
     data = bytes(data)
     header, start = _header(data, limits)
-    manifest = _manifest(header)
+    manifest, major = _manifest(header)
     layout, strategy = _architecture(manifest, limits)
-    arrays = _tensors(header, manifest, layout, data, start, limits)
-    _check_data(manifest, layout, arrays)
+    arrays, state_dtype = _tensors(header, manifest, major, layout, data, start, limits)
+    state = _check_data(manifest, layout, arrays, state_dtype)
+    # 2.x leaves out what the architecture implies: hand out the manifest complete
+    full = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in resolve_config(manifest.arch.name, **manifest.arch.config).items()
+    }
+    if manifest.layers is None or manifest.trained is None or full != manifest.arch.config:
+        manifest = manifest.model_copy(
+            update={
+                "arch": manifest.arch.model_copy(update={"config": full}),
+                "layers": [TensorEntry(name=s.name, shape=list(s.shape)) for s in layout.layers],
+                "trained": list(layout.trained),
+            }
+        )
     bundle = Bundle(
-        data, manifest, layout, strategy, arrays["masks"], arrays["state"], arrays.get("prototype")
+        data,
+        manifest,
+        layout,
+        strategy,
+        arrays["masks"],
+        state,
+        arrays.get("prototype"),
+        state_dtype,
     )
     if verify:
         verify_prototype(bundle)
@@ -520,6 +525,7 @@ def inspect_bundle(
     dense = 4 * (st.n + norm_values)
     return {
         "format_version": m.format_version,
+        "state_dtype": HEADER_DTYPES[b.state_dtype],
         "arch": m.arch.name,
         "config": dict(m.arch.config),
         "strategy": m.strategy.name,

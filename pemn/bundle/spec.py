@@ -1,9 +1,10 @@
 """The bundle format's constants, limits, manifest schema and derived layouts.
 
 See docs/bundle-format.md for the byte-level specification; this module is its
-executable half: the pydantic ``Manifest`` model (from which the checked-in JSON
-Schema is generated), canonical JSON, the backbone fingerprint, and the layouts
-of the packed ``masks`` and ``state`` tensors derived from an architecture.
+executable half: the versions it reads and writes, the pydantic ``Manifest``
+model (from which the checked-in JSON Schema is generated), canonical JSON, the
+backbone fingerprint, and the layouts of the packed ``masks`` and ``state``
+tensors derived from an architecture.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from torch import nn
 
 from pemn.archs import create_model
@@ -36,6 +40,9 @@ from pemn.prototype import GENERATOR, Strategy
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "MAX_JSON_DEPTH",
+    "READ_MAJORS",
+    "WRITE_VERSIONS",
     "BundleLimits",
     "InputSpec",
     "Manifest",
@@ -52,8 +59,12 @@ __all__ = [
 ]
 
 FORMAT = "pemn-bundle"
-FORMAT_VERSION = "1.0"
-MAJOR_VERSION = 1
+FORMAT_VERSION = "2.0"  # what the writer writes by default
+WRITE_VERSIONS = ("1.0", "2.0")  # what it can write (1.0: for readers not yet upgraded)
+READ_MAJORS = (1, 2)  # what the reader reads (any minor of these)
+# Deepest nesting of arrays and objects in the header and the manifest (a valid
+# manifest nests 4 levels; pydantic's JSON parser stops at 200, Python's at ~1000).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -95,10 +106,46 @@ class ArchEntry(_Model):
 
 
 class StrategyEntry(_Model):
-    name: _Name
+    # every strategy rule is checked here (schema step), none depends on the architecture
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"name": {"const": "rp"}}, "required": ["name"]},
+                    "then": {"required": ["ratio"], "properties": {"ratio": {"type": "number"}}},
+                    "else": {"properties": {"ratio": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"scale": {"const": "fan_in"}}, "required": ["scale"]},
+                    "then": {"properties": {"name": {"enum": ["mp", "rp"]}}},
+                },
+            ]
+        }
+    )
+
+    name: Literal["mask", "one_layer", "mp", "rp"]
     seed: Annotated[int, Field(ge=0, lt=2**53)]
-    ratio: float | None = None
-    scale: StrictStr = "paper"
+    # validate_default: an rp entry without a ratio fails on the ratio field
+    ratio: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, validate_default=True)
+    scale: Literal["paper", "fan_in"] = "paper"
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_only_for_rp(cls, ratio: float | None, info: ValidationInfo) -> float | None:
+        name = info.data.get("name")
+        if name == "rp" and ratio is None:
+            raise ValueError("strategy rp needs a ratio in (0, 1]")
+        if name not in (None, "rp") and ratio is not None:
+            raise ValueError(f"strategy {name} takes no ratio (null)")
+        return ratio
+
+    @field_validator("scale")
+    @classmethod
+    def _fan_in_only_for_mp_rp(cls, scale: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if scale == "fan_in" and name not in (None, "mp", "rp"):
+            raise ValueError(f"scale fan_in applies to mp and rp, not {name}")
+        return scale
 
     def to_strategy(self) -> Strategy:
         return Strategy(self.name, seed=self.seed, ratio=self.ratio, scale=self.scale)
@@ -136,24 +183,49 @@ class InputSpec(_Model):
 
 class Manifest(_Model):
     """The bundle's self-description, stored as canonical JSON in the safetensors
-    metadata key ``manifest``."""
+    metadata key ``manifest``. Format 2.0 leaves out what the reader derives
+    (``format``, ``generator``, ``layers``, ``trained``, config values equal to the
+    architecture's defaults, other default values); 1.x files carry ``format``,
+    ``generator``, ``layers`` and ``trained`` (required there: the reader checks it).
+    ``read_bundle`` hands out manifests with ``layers``, ``trained`` and the full
+    ``arch.config`` filled in."""
 
-    format: Literal["pemn-bundle"]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"format_version": {"pattern": "^0*1\\."}},
+                "required": ["format_version"],
+            },
+            "then": {"required": ["format", "generator", "layers", "trained"]},
+        }
+    )
+
+    format: Literal["pemn-bundle"] = "pemn-bundle"
     format_version: Annotated[str, Field(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
     arch: ArchEntry
     strategy: StrategyEntry
-    generator: Literal["splitmix64-boxmuller-v1"]
+    generator: Literal["splitmix64-boxmuller-v1"] = "splitmix64-boxmuller-v1"
     prototype_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     prototype_embedded: StrictBool = False
     density: Annotated[float, Field(gt=0, lt=1)]
-    layers: Annotated[list[TensorEntry], Field(min_length=1, max_length=65536)]
-    trained: Annotated[list[TensorEntry], Field(max_length=65536)]
+    # absent in 2.x (derived); never null (the schema shows arrays only)
+    layers: (
+        Annotated[list[TensorEntry], Field(min_length=1, max_length=65536)] | SkipJsonSchema[None]
+    ) = None
+    trained: Annotated[list[TensorEntry], Field(max_length=65536)] | SkipJsonSchema[None] = None
     input: InputSpec
     labels: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=100_000)
     ]
     metrics: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
     provenance: Annotated[dict[str, _Scalar], Field(max_length=256)] = {}
+
+    @field_validator("layers", "trained", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any) -> Any:
+        if value is None:  # optional in 2.x means absent; null is not an array
+            raise ValueError("must be an array when present")
+        return value
 
     @property
     def fingerprint(self) -> str:

@@ -1,5 +1,9 @@
 """The deterministic bundle writer: the same inputs give the same bytes.
 
+``write_bundle`` writes format 2.0 by default (compact manifest, float16 norm
+state) and 1.0 on request (for readers not yet upgraded); ``convert_bundle``
+rewrites an existing bundle in another version or state precision.
+
 The safetensors container is written here rather than by ``safetensors.numpy.save``
 because that serializer orders ``__metadata__`` keys differently from one process
 to the next; the bytes follow the safetensors spec exactly and the official reader
@@ -18,10 +22,13 @@ import torch
 
 from pemn.archs import resolve_config
 from pemn.bundle.bits import check_density, kept_count, pack_mask
+from pemn.bundle.dtypes import DEFAULT_STATE_DTYPE, STATE_DTYPES, encode_state, state_value_name
 from pemn.bundle.spec import (
     FORMAT,
     FORMAT_VERSION,
+    WRITE_VERSIONS,
     ArchLayout,
+    BundleLimits,
     InputSpec,
     Manifest,
     arch_layout,
@@ -30,13 +37,19 @@ from pemn.bundle.spec import (
 from pemn.errors import InvalidParameterError
 from pemn.prototype import GENERATOR, Strategy, digest, generate
 
-__all__ = ["pack_mask", "safetensors_bytes", "write_bundle"]
+__all__ = ["convert_bundle", "pack_mask", "safetensors_bytes", "write_bundle"]
 
 
-def safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+def safetensors_bytes(
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str],
+    header_dtypes: Mapping[str, str] | None = None,
+) -> bytes:
     """A safetensors file: tensors ordered by (itemsize descending, name), header JSON
-    with sorted keys and no whitespace, padded with spaces to a multiple of 8 bytes."""
-    dtypes = {np.dtype(np.uint8): "U8", np.dtype("<f4"): "F32"}
+    with sorted keys and no whitespace, padded with spaces to a multiple of 8 bytes.
+    ``header_dtypes`` names a tensor's dtype where numpy's does not (``BF16`` for
+    bfloat16 bit patterns held as ``uint16``)."""
+    dtypes = {np.dtype(np.uint8): "U8", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"}
     order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     pos = 0
@@ -47,7 +60,7 @@ def safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, 
             arr = arr.astype("<f4", copy=False)
         raw = arr.tobytes()
         header[name] = {
-            "dtype": dtypes[arr.dtype],
+            "dtype": (header_dtypes or {}).get(name) or dtypes[arr.dtype],
             "shape": list(arr.shape),
             "data_offsets": [pos, pos + len(raw)],
         }
@@ -91,6 +104,122 @@ def _fold_norms(layout: ArchLayout, trained: Mapping[str, torch.Tensor]) -> dict
     return out
 
 
+def _manifest_doc(
+    version: str,
+    *,
+    arch: str,
+    full: Mapping[str, Any],
+    strategy: Strategy,
+    prototype_digest: str,
+    embed_prototype: bool,
+    density: float,
+    layout: ArchLayout,
+    input_spec: InputSpec,
+    labels: Sequence[str],
+    metrics: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The manifest (docs/bundle-format.md, section 3). 1.0: every field, as 1.0
+    writers always wrote it. 2.0: no field the reader derives (``format`` from the
+    metadata, ``layers``, ``trained`` and config defaults from the architecture) and
+    no field equal to its default (section 1.2)."""
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in resolve_config(arch).items()}
+    inp = input_spec.model_dump(mode="json")
+    if version == "1.0":
+        return {
+            "format": FORMAT,
+            "format_version": version,
+            "arch": {"name": arch, "config": config},
+            "strategy": strategy.as_dict(),
+            "generator": GENERATOR,
+            "prototype_digest": prototype_digest,
+            "prototype_embedded": embed_prototype,
+            "density": density,
+            "layers": [{"name": s.name, "shape": list(s.shape)} for s in layout.layers],
+            "trained": [e.model_dump() for e in layout.trained],
+            "input": inp,
+            "labels": list(labels),
+            "metrics": dict(metrics),
+            "provenance": dict(provenance),
+        }
+    st: dict[str, Any] = {"name": strategy.name, "seed": strategy.seed}
+    if strategy.ratio is not None:
+        st["ratio"] = strategy.ratio
+    if strategy.scale != "paper":
+        st["scale"] = strategy.scale
+    for key, default in (("dtype", "float32"), ("range", [0.0, 1.0])):
+        if inp[key] == default:
+            del inp[key]
+    doc: dict[str, Any] = {
+        "format_version": version,
+        "arch": {"name": arch, "config": {k: v for k, v in config.items() if v != defaults[k]}},
+        "strategy": st,
+        "prototype_digest": prototype_digest,
+        "density": density,
+        "input": inp,
+        "labels": list(labels),
+    }
+    if embed_prototype:
+        doc["prototype_embedded"] = True
+    if metrics:
+        doc["metrics"] = dict(metrics)
+    if provenance:
+        doc["provenance"] = dict(provenance)
+    return doc
+
+
+def _check_version(format_version: str, state_dtype: str | None) -> str:
+    """The header dtype of ``state`` for these arguments (None: the default policy)."""
+    if format_version not in WRITE_VERSIONS:
+        raise InvalidParameterError("format_version", format_version, " or ".join(WRITE_VERSIONS))
+    if state_dtype is not None and state_dtype not in STATE_DTYPES:
+        raise InvalidParameterError("state_dtype", state_dtype, ", ".join(STATE_DTYPES))
+    if format_version == "1.0":
+        if state_dtype not in (None, "float32"):
+            raise InvalidParameterError(
+                "state_dtype", state_dtype, "float32 (format 1.0 stores no other)"
+            )
+        return "F32"
+    return STATE_DTYPES[state_dtype or DEFAULT_STATE_DTYPE]
+
+
+def _encoded_state(
+    flat: np.ndarray, header_dtype: str, explicit: bool, layout: ArchLayout
+) -> tuple[np.ndarray, str]:
+    """The state in ``header_dtype``; under the default policy a value beyond its
+    range (float16: |v| > 65504) makes the whole state float32 instead (the header
+    says which); asked for explicitly, it is an error naming the value."""
+    stored, bad = encode_state(flat, header_dtype)
+    if bad is None:
+        return stored, header_dtype
+    if not explicit:
+        return encode_state(flat, "F32")[0], "F32"
+    raise InvalidParameterError(
+        f"trained[{state_value_name(layout.trained, bad)}]",
+        float(flat[bad]),
+        f"a value within the range of {header_dtype} (use state_dtype='float32')",
+    )
+
+
+def _container(
+    doc: dict[str, Any],
+    packed: np.ndarray,
+    state: np.ndarray,
+    state_header_dtype: str,
+    layout: ArchLayout,
+    explicit_dtype: bool,
+    prototype: np.ndarray | None,
+) -> bytes:
+    stored, dtype = _encoded_state(state, state_header_dtype, explicit_dtype, layout)
+    tensors: dict[str, np.ndarray] = {"masks": packed, "state": stored}
+    if prototype is not None:
+        tensors["prototype"] = prototype
+    return safetensors_bytes(
+        tensors, {"format": FORMAT, "manifest": canonical_json(doc)}, {"state": dtype}
+    )
+
+
 def write_bundle(
     *,
     arch: str,
@@ -104,13 +233,20 @@ def write_bundle(
     metrics: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
     embed_prototype: bool = False,
+    format_version: str = FORMAT_VERSION,
+    state_dtype: str | None = None,
 ) -> bytes:
     """Serialize a trained masked network as a bundle (see docs/bundle-format.md).
 
     ``masks`` holds a bool mask per maskable layer (``pemn.masking.extract_masks``),
     ``trained`` the norm tensors (``pemn.masking.trained_state``). The prototype is
-    regenerated to record its digest. Bad arguments raise ``InvalidParameterError``.
+    regenerated to record its digest. ``format_version``: ``"2.0"`` (default) or
+    ``"1.0"`` (what readers of format 1 only can read). ``state_dtype``: how the
+    folded norm values are stored, ``"float16"``, ``"bfloat16"`` or ``"float32"``;
+    the default (None) is float16 in 2.0 (float32 when a value exceeds float16's
+    range) and float32 in 1.0. Bad arguments raise ``InvalidParameterError``.
     """
+    header_dtype = _check_version(format_version, state_dtype)
     full = resolve_config(arch, **config)
     density = check_density(density)
     layout = arch_layout(arch, full)
@@ -142,30 +278,20 @@ def write_bundle(
             )
 
     fixed = generate(layout.layers, strategy)
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "arch": {
-            "name": arch,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()},
-        },
-        "strategy": {
-            "name": strategy.name,
-            "seed": strategy.seed,
-            "ratio": strategy.ratio,
-            "scale": strategy.scale,
-        },
-        "generator": GENERATOR,
-        "prototype_digest": digest(fixed),
-        "prototype_embedded": embed_prototype,
-        "density": density,
-        "layers": [{"name": s.name, "shape": list(s.shape)} for s in layout.layers],
-        "trained": [e.model_dump() for e in layout.trained],
-        "input": input_spec.model_dump(mode="json"),
-        "labels": list(labels),
-        "metrics": dict(metrics or {}),
-        "provenance": dict(provenance or {}),
-    }
+    doc = _manifest_doc(
+        format_version,
+        arch=arch,
+        full=full,
+        strategy=strategy,
+        prototype_digest=digest(fixed),
+        embed_prototype=embed_prototype,
+        density=density,
+        layout=layout,
+        input_spec=input_spec,
+        labels=labels,
+        metrics=metrics or {},
+        provenance=provenance or {},
+    )
     manifest = Manifest.model_validate_json(
         canonical_json(doc)
     )  # the writer never emits an invalid manifest
@@ -182,14 +308,50 @@ def write_bundle(
 
     packed = np.concatenate([pack_mask(masks[s.name]) for s in layout.layers])
     flat_state = [state[e.name].reshape(-1).numpy() for e in layout.trained]
-    tensors: dict[str, np.ndarray] = {
-        "masks": packed,
-        "state": np.concatenate(flat_state).astype(np.float32)
-        if flat_state
-        else np.zeros(0, np.float32),
-    }
+    flat = np.concatenate(flat_state).astype(np.float32) if flat_state else np.zeros(0, np.float32)
+    prototype = None
     if embed_prototype:
-        tensors["prototype"] = np.concatenate(
-            [fixed[s.name].reshape(-1).numpy() for s in layout.layers]
-        )
-    return safetensors_bytes(tensors, {"format": FORMAT, "manifest": canonical_json(doc)})
+        prototype = np.concatenate([fixed[s.name].reshape(-1).numpy() for s in layout.layers])
+    return _container(doc, packed, flat, header_dtype, layout, state_dtype is not None, prototype)
+
+
+def convert_bundle(
+    data: bytes,
+    *,
+    format_version: str = FORMAT_VERSION,
+    state_dtype: str | None = None,
+    limits: BundleLimits | None = None,
+) -> bytes:
+    """``data`` (any version the reader reads, validated in full) rewritten as
+    ``format_version`` with its norm state stored as ``state_dtype`` (defaults as in
+    ``write_bundle``). Masks, labels, metrics and provenance are kept; manifest
+    fields this reader does not know (from a later minor version) are dropped.
+    The backbone fingerprint stays; the content id changes with the bytes."""
+    from pemn.bundle.reader import read_bundle
+
+    header_dtype = _check_version(format_version, state_dtype)
+    b = read_bundle(data, limits=limits)
+    m = b.manifest
+    doc = _manifest_doc(
+        format_version,
+        arch=m.arch.name,
+        full=resolve_config(m.arch.name, **m.arch.config),
+        strategy=b.strategy,
+        prototype_digest=m.prototype_digest,
+        embed_prototype=m.prototype_embedded,
+        density=m.density,
+        layout=b.layout,
+        input_spec=m.input,
+        labels=m.labels,
+        metrics=m.metrics,
+        provenance=m.provenance,
+    )
+    return _container(
+        doc,
+        np.asarray(b.masks),
+        np.asarray(b.state, dtype=np.float32),
+        header_dtype,
+        b.layout,
+        state_dtype is not None,
+        None if b.prototype is None else np.asarray(b.prototype),
+    )

@@ -67,6 +67,7 @@ def make_bundle(
     metrics: dict[str, Any] | None = None,
     labels: list[str] | None = None,
     embed_prototype: bool = False,
+    **write_options: Any,  # format_version, state_dtype: passed to write_bundle
 ) -> bytes:
     """A valid bundle of ``arch`` (default: an MLP on 1x28x28) under ``strategy``
     (default: rp 1e-2, seed 0) whose masks and norm tensors derive from ``mask_seed``."""
@@ -91,6 +92,7 @@ def make_bundle(
         # the file's old path: the golden bundles' bytes (and sha256) include it
         provenance={"made_by": "tests/pemn/bundles.py", "mask_seed": mask_seed},
         embed_prototype=embed_prototype,
+        **write_options,
     )
 
 

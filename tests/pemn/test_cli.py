@@ -1,4 +1,4 @@
-"""``python -m pemn inspect|verify|export|schema`` as subprocesses: exit codes,
+"""``python -m pemn inspect|verify|convert|export|schema`` as subprocesses: exit codes,
 messages naming the error code, and the ONNX file written atomically."""
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_inspect_prints_the_summary(files: dict[str, Path]) -> None:
     r = run("inspect", files["valid"])
     assert r.returncode == 0, r.stderr
-    assert "pemn bundle v1.0" in r.stdout and "mlp" in r.stdout and "rp ratio 0.01" in r.stdout
+    assert "pemn bundle v2.0, norm state float16" in r.stdout
+    assert "mlp" in r.stdout and "rp ratio 0.01" in r.stdout
     assert "test_accuracy" in r.stdout
 
 
@@ -62,6 +63,34 @@ def test_inspect_json(files: dict[str, Path]) -> None:
     assert summary["file_size"] == files["valid"].stat().st_size
     assert summary["arch"] == "mlp" and summary["N"] == 28 * 28 * 64 + 64 * 10
     assert summary["metrics"] == {"test_accuracy": 0.75}
+
+
+@pytest.mark.parametrize(
+    ("version", "dtype", "want"),
+    [("1.0", None, "float32"), ("2.0", None, "float16"), ("2.0", "bfloat16", "bfloat16")],
+)
+def test_convert(
+    files: dict[str, Path], tmp_path: Path, version: str, dtype: str | None, want: str
+) -> None:
+    out = tmp_path / "out.pemn"
+    extra = ["--state-dtype", dtype] if dtype else []
+    r = run("convert", files["valid"], "-o", out, "--format-version", version, *extra)
+    assert r.returncode == 0, r.stderr
+    assert f"format {version}, norm state {want}" in r.stdout
+    summary = json.loads(run("inspect", "--json", out).stdout)
+    before = json.loads(run("inspect", "--json", files["valid"]).stdout)
+    assert (summary["format_version"], summary["state_dtype"]) == (version, want)
+    assert summary["fingerprint"] == before["fingerprint"]
+    assert summary["metrics"] == before["metrics"] and summary["labels"] == before["labels"]
+    assert (summary["file_size"] > before["file_size"]) == (version == "1.0")
+
+
+def test_convert_refuses_float16_in_format_1(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.pemn"
+    args = ("convert", files["valid"], "-o", out, "--format-version", "1.0")
+    r = run(*args, "--state-dtype", "float16")
+    assert r.returncode == 2 and "state_dtype" in r.stderr and "format 1.0" in r.stderr
+    assert not out.exists()
 
 
 def test_inspect_invalid_names_the_code(files: dict[str, Path]) -> None:

@@ -72,7 +72,9 @@ def test_bundle_predicts_what_the_score_model_predicts(tmp_path, kw):
         score_logits = model(Normalize(data.mean, data.std, torch.device("cpu"))(x))
         bundle_logits = net(x)
     assert torch.equal(score_logits.argmax(1), bundle_logits.argmax(1))
-    assert torch.allclose(score_logits, bundle_logits, rtol=1e-5, atol=1e-5)
+    # the bundle stores the norm state in float16 (format 2.0's default, relative rounding
+    # <= 2**-11): logits agree to that, about 2e-4 here (1e-5 with a float32 state)
+    assert torch.allclose(score_logits, bundle_logits, rtol=1e-3, atol=1e-3)
 
     m = bundle.manifest
     assert m.metrics["test_accuracy"] == record["test_accuracy"]

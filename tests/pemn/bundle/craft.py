@@ -7,6 +7,9 @@ rule. The base case is a tiny valid bundle, ``tiny()``: an ``mlp`` with
 ``[3, 4]`` and ``head`` ``[2, 3]``, one BatchNorm ``norms.0``), strategy
 ``mask`` seed 0, density 0.5, masks ``3f 00 | 07``, state scale 1 shift 0.
 Its prototype digest comes from the spec reader's generator, not from ``pemn``.
+``tiny_manifest()`` is format 1.0 (every field); ``tiny_manifest_2()`` is the
+same bundle's 2.0 manifest (no ``format``, ``layers``, ``trained``, no defaults),
+to go with ``tiny_tensors_2()`` (state in float16).
 """
 
 from __future__ import annotations
@@ -19,12 +22,23 @@ from typing import Any
 
 from tests.pemn.bundle import spec_reader
 
-__all__ = ["Tensor", "container", "tiny", "tiny_manifest", "tiny_tensors"]
+__all__ = [
+    "Tensor",
+    "container",
+    "nested",
+    "tiny",
+    "tiny_manifest",
+    "tiny_manifest_2",
+    "tiny_tensors",
+    "tiny_tensors_2",
+]
 
 TINY_CONFIG = {"in_channels": 1, "image_size": 2, "num_classes": 2, "hidden": [3]}
 TINY_LAYERS = [("layers.0", [3, 4]), ("head", [2, 3])]
 TINY_MASKS = bytes([0x3F, 0x00, 0x07])  # 6 of 12 kept, 3 of 6 kept, zero padding
 TINY_STATE = struct.pack("<6f", 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
+TINY_STATE_F16 = struct.pack("<6e", 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
+TINY_STATE_BF16 = bytes.fromhex("803f803f803f000000000000")  # 1.0 = 0x3F80
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,10 @@ def tiny_manifest(**overrides: Any) -> dict[str, Any]:
         "metrics": {"test_accuracy": 0.5},
         "provenance": {"made_by": "tests/pemn/bundle/craft.py"},
     }
+    return _overridden(m, overrides)
+
+
+def _overridden(m: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for k, v in overrides.items():
         if v is None:
             m.pop(k, None)
@@ -81,11 +99,39 @@ def tiny_manifest(**overrides: Any) -> dict[str, Any]:
     return m
 
 
+def tiny_manifest_2(**overrides: Any) -> dict[str, Any]:
+    """The tiny bundle's manifest in format 2.0 (what the writer would write: no
+    derived fields, no defaults); ``overrides`` as in ``tiny_manifest``."""
+    m = tiny_manifest(format_version="2.0")
+    for key in ("format", "generator", "layers", "trained", "prototype_embedded"):
+        del m[key]
+    m["strategy"] = {"name": "mask", "seed": 0}
+    return _overridden(m, overrides)
+
+
 def tiny_tensors(masks: bytes = TINY_MASKS, state: bytes = TINY_STATE) -> list[Tensor]:
     return [
         Tensor("state", "F32", [len(state) // 4], state),
         Tensor("masks", "U8", [len(masks)], masks),
     ]
+
+
+def tiny_tensors_2(
+    masks: bytes = TINY_MASKS, state: bytes = TINY_STATE_F16, dtype: str = "F16"
+) -> list[Tensor]:
+    """The tiny bundle's tensors with a 2-byte state (F16 or BF16)."""
+    return [
+        Tensor("state", dtype, [len(state) // 2], state),
+        Tensor("masks", "U8", [len(masks)], masks),
+    ]
+
+
+def nested(depth: int) -> Any:
+    """A JSON value of exactly ``depth`` levels (section 1.1): ``[[...[0]...]]``."""
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def tiny(

@@ -1,11 +1,13 @@
 """A second bundle reader, written from docs/bundle-format.md alone.
 
 It imports nothing from ``pemn``: the container, the strict JSON rules, the
-manifest schema, the architectures' layouts (section 5), the mask bit order, the
-generator and the digest are all re-implemented here from the document, in plain
-Python and numpy. The tests check that it agrees with ``pemn.bundle.read_bundle``
-on real bundles (every field and array) and on the code of every malformed one,
-which is how we know the document is enough to write a reader.
+manifest schema of both versions (1.x, 2.x), the architectures' layouts
+(section 5), the mask bit order, the state precisions (7.1), the generator and
+the digest are all re-implemented here from the document, in plain Python and
+numpy; ``spec_forward`` computes the logits (5.3). The tests check that it
+agrees with ``pemn.bundle.read_bundle`` on real bundles (every field and array)
+and on the code of every malformed one, and with ``pemn.materialize`` on the
+logits, which is how we know the document is enough to write a reader.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def _const(text: str) -> Any:
 _JSON = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_float, parse_constant=_const)
 
 
+MAX_DEPTH = 64
+
+
+def _depth(v: Any) -> int:
+    """Section 1.1: scalars 0, an array or object 1 + its deepest member."""
+    if isinstance(v, dict):
+        v = list(v.values())
+    if not isinstance(v, list):
+        return 0
+    return 1 + max((_depth(x) for x in v), default=0)
+
+
 def _strict(text: str, padded: bool) -> Any:
     try:
         if padded:
@@ -75,6 +89,8 @@ def _strict(text: str, padded: bool) -> Any:
                 raise _Bad("junk after the header object")
         else:
             value = _JSON.decode(text)
+        if _depth(value) > MAX_DEPTH:  # (recursion is fine: the parser stopped deeper ones)
+            raise _Bad("too deep")
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # unpaired surrogates
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, 4300 digits, surrogates
         raise _Bad(str(exc)) from None
@@ -86,6 +102,9 @@ def canonical(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- manifest schema (3)
+
+
+GENERATOR = "splitmix64-boxmuller-v1"
 
 
 def _is_int(v: Any) -> bool:
@@ -123,12 +142,12 @@ def _scalars(v: Any, limit: int) -> bool:
     )
 
 
-def _check_schema(m: dict[str, Any]) -> None:
+def _check_schema(m: dict[str, Any], major: int) -> None:
     def need(ok: bool, field: str) -> None:
         if not ok:
             raise SpecError("manifest_invalid", field)
 
-    need(m.get("format") == "pemn-bundle", "format")
+    need(m.get("format", "pemn-bundle") == "pemn-bundle", "format")
     arch = m.get("arch")
     need(isinstance(arch, dict), "arch")
     need(_str(arch.get("name"), 1, 256), "arch.name")
@@ -145,11 +164,16 @@ def _check_schema(m: dict[str, Any]) -> None:
     )
     st = m.get("strategy")
     need(isinstance(st, dict), "strategy")
-    need(_str(st.get("name"), 1, 256), "strategy.name")
+    need(st.get("name") in ("mask", "one_layer", "mp", "rp"), "strategy.name")
     need(_is_int(st.get("seed")) and 0 <= st["seed"] < 2**53, "strategy.seed")
-    need(st.get("ratio") is None or _is_num(st["ratio"]), "strategy.ratio")
-    need(_str(st.get("scale", "paper")), "strategy.scale")
-    need(m.get("generator") == "splitmix64-boxmuller-v1", "generator")
+    ratio, scale = st.get("ratio"), st.get("scale", "paper")
+    if st["name"] == "rp":
+        need(_is_num(ratio) and 0 < ratio <= 1, "strategy.ratio")
+    else:
+        need(ratio is None, "strategy.ratio")
+    need(scale in ("paper", "fan_in"), "strategy.scale")
+    need(scale == "paper" or st["name"] in ("mp", "rp"), "strategy.scale")
+    need(m.get("generator", GENERATOR) == GENERATOR, "generator")  # 2.x: the default
     need(
         isinstance(m.get("prototype_digest"), str)
         and re.fullmatch(r"sha256:[0-9a-f]{64}", m["prototype_digest"]) is not None,
@@ -157,8 +181,9 @@ def _check_schema(m: dict[str, Any]) -> None:
     )
     need(isinstance(m.get("prototype_embedded", False), bool), "prototype_embedded")
     need(_is_num(m.get("density")) and 0 < m["density"] < 1, "density")
-    need(_entries(m.get("layers"), 1), "layers")
-    need(_entries(m.get("trained"), 0), "trained")
+    # 2.x derives layers and trained; when present they are checked as in 1.x
+    need("layers" not in m or _entries(m["layers"], 1), "layers")
+    need("trained" not in m or _entries(m["trained"], 0), "trained")
     inp = m.get("input")
     need(isinstance(inp, dict), "input")
     shape = inp.get("shape")
@@ -187,6 +212,9 @@ def _check_schema(m: dict[str, Any]) -> None:
     )
     need(_scalars(m.get("metrics", {}), 256), "metrics")
     need(_scalars(m.get("provenance", {}), 256), "provenance")
+    if major == 1:
+        for field in ("format", "generator", "layers", "trained"):
+            need(field in m, field)
 
 
 # ---------------------------------------------------------------- architectures (5)
@@ -383,7 +411,7 @@ def fingerprint(m: dict[str, Any]) -> str:
             "ratio": st.get("ratio"),
             "scale": st.get("scale", "paper"),
         },
-        "generator": m["generator"],
+        "generator": m.get("generator", GENERATOR),
     }
     return "sha256:" + hashlib.sha256(canonical(doc).encode()).hexdigest()
 
@@ -424,17 +452,10 @@ def _checked_architecture(m: dict[str, Any], lim: dict[str, int]) -> tuple[Layou
     if arch not in DEFAULTS:
         raise SpecError("unknown_arch", arch)
     c = resolve(arch, m["arch"]["config"])
-    st = m["strategy"]
-    ratio, scale = st.get("ratio"), st.get("scale", "paper")
-    if st["name"] not in ("mask", "one_layer", "mp", "rp"):
-        raise SpecError("manifest_invalid", "strategy.name")
-    if (st["name"] == "rp") != (ratio is not None) or (ratio is not None and not 0 < ratio <= 1):
-        raise SpecError("manifest_invalid", "strategy.ratio")
-    if scale not in ("paper", "fan_in") or (scale == "fan_in" and st["name"] not in ("mp", "rp")):
-        raise SpecError("manifest_invalid", "strategy.scale")
-    if len(m["layers"]) > lim["max_layers"]:
+    declared = m.get("layers", [])
+    if len(declared) > lim["max_layers"]:
         raise SpecError("model_too_large", "layers")
-    if sum(math.prod(e["shape"]) for e in m["layers"]) > lim["max_weights"]:
+    if sum(math.prod(e["shape"]) for e in declared) > lim["max_weights"]:
         raise SpecError("model_too_large", "layers")
     if c["in_channels"] * c["image_size"] ** 2 > lim["max_input_values"]:
         raise SpecError("model_too_large", "input")
@@ -444,10 +465,9 @@ def _checked_architecture(m: dict[str, Any], lim: dict[str, int]) -> tuple[Layou
         raise SpecError("model_too_large", "arch")
     if lay.extra > lim["max_extra_values"]:
         raise SpecError("model_too_large", "arch")
-    if [(e["name"], e["shape"]) for e in m["layers"]] != [(n, s) for n, s in lay.layers]:
-        raise SpecError("arch_mismatch", "layers")
-    if [(e["name"], e["shape"]) for e in m["trained"]] != [(n, s) for n, s in lay.trained]:
-        raise SpecError("arch_mismatch", "trained")
+    for field, want in (("layers", lay.layers), ("trained", lay.trained)):
+        if field in m and [(e["name"], e["shape"]) for e in m[field]] != list(want):
+            raise SpecError("arch_mismatch", field)
     if m["input"]["shape"] != [c["in_channels"], c["image_size"], c["image_size"]]:
         raise SpecError("manifest_invalid", "input.shape")
     if len(m["labels"]) != c["num_classes"]:
@@ -491,9 +511,10 @@ def read(data: bytes, limits: dict[str, int] | None = None, verify: bool = True)
     v = m.get("format_version")
     if not isinstance(v, str) or not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}", v, re.ASCII):
         raise SpecError("manifest_invalid", "format_version")
-    if int(v.split(".")[0]) != 1:
+    major = int(v.split(".")[0])
+    if major not in (1, 2):
         raise SpecError("unsupported_version", "format_version")
-    _check_schema(m)
+    _check_schema(m, major)
     # 8: architecture
     lay, _ = _checked_architecture(m, lim)
     # 9: tensor table
@@ -505,7 +526,12 @@ def read(data: bytes, limits: dict[str, int] | None = None, verify: bool = True)
         "masks": [sum((n + 7) // 8 for n in sizes)],
         "state": [sum(s[0] for _, s in lay.trained)],
     }
-    dtypes = {"masks": ("U8", 1), "state": ("F32", 4), "prototype": ("F32", 4)}
+    itemsize = {"U8": 1, "F16": 2, "BF16": 2, "F32": 4}
+    dtypes = {  # section 2: what each tensor may be, per major
+        "masks": ["U8"],
+        "state": ["F32"] if major == 1 else ["F16", "BF16", "F32"],
+        "prototype": ["F32"],
+    }
     if m.get("prototype_embedded", False):
         expected["prototype"] = [sum(sizes)]
     for name in sorted(entries):
@@ -519,7 +545,7 @@ def read(data: bytes, limits: dict[str, int] | None = None, verify: bool = True)
         e = entries[name]
         if not isinstance(e, dict) or sorted(e) != ["data_offsets", "dtype", "shape"]:
             raise SpecError("header_invalid", name)
-        if e["dtype"] != dtypes[name][0]:
+        if e["dtype"] not in dtypes[name]:
             raise SpecError("wrong_dtype", name)
         if not isinstance(e["shape"], list) or not all(_is_int(d) and d >= 0 for d in e["shape"]):
             raise SpecError("header_invalid", name)
@@ -528,7 +554,7 @@ def read(data: bytes, limits: dict[str, int] | None = None, verify: bool = True)
         off = e["data_offsets"]
         if not isinstance(off, list) or len(off) != 2 or not all(_is_int(o) for o in off):
             raise SpecError("header_invalid", name)
-        if not 0 <= off[0] <= off[1] or off[1] - off[0] != e["shape"][0] * dtypes[name][1]:
+        if not 0 <= off[0] <= off[1] or off[1] - off[0] != e["shape"][0] * itemsize[e["dtype"]]:
             raise SpecError("invalid_offsets", name)
         spans.append((off[0], off[1], name))
     pos = 0
@@ -543,8 +569,16 @@ def read(data: bytes, limits: dict[str, int] | None = None, verify: bool = True)
         raise SpecError("trailing_bytes", "data")
 
     def tensor(name: str) -> np.ndarray:
+        """Section 7.1: every float tensor as float32."""
         b, end = entries[name]["data_offsets"]
-        return np.frombuffer(body[b:end], dtype="<f4" if name != "masks" else np.uint8)
+        raw, dtype = body[b:end], entries[name]["dtype"]
+        if dtype == "U8":
+            return np.frombuffer(raw, dtype=np.uint8)
+        if dtype == "F16":
+            return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        if dtype == "BF16":  # the upper half of a float32
+            return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        return np.frombuffer(raw, dtype="<f4")
 
     # 10: data
     packed, masks, o = tensor("masks"), {}, 0

@@ -21,7 +21,7 @@ from pemn.prototype import Strategy
 from pemn.testing import make_bundle
 from tests.pemn.bundle import spec_reader
 from tests.pemn.bundle.attacks.make_attacks import build
-from tests.pemn.bundle.craft import tiny, tiny_manifest
+from tests.pemn.bundle.craft import tiny, tiny_manifest, tiny_manifest_2, tiny_tensors_2
 
 ATTACKS = Path(__file__).resolve().parent / "attacks"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((ATTACKS / "expected.json").read_text())
@@ -161,7 +161,10 @@ def test_fuzz_reader_returns_or_raises_bundle_error() -> None:
     fails the test), quickly, and the spec reader reaches the same verdict."""
     bases = [
         tiny(),
+        tiny(tiny_manifest_2(), tiny_tensors_2()),
         make_bundle(),
+        make_bundle(format_version="1.0"),
+        make_bundle(state_dtype="bfloat16"),
         make_bundle(
             "vit",
             {"in_channels": 1, "image_size": 8, "width": 8, "depth": 1, "heads": 2, "patch": 4},

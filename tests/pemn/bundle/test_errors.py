@@ -19,7 +19,16 @@ import pytest
 from pemn.bundle import BundleError, BundleLimits, read_bundle
 from pemn.bundle import errors as E
 from tests.pemn.bundle import craft, spec_reader
-from tests.pemn.bundle.craft import Tensor, tiny, tiny_manifest, tiny_tensors, with_tensor
+from tests.pemn.bundle.craft import (
+    Tensor,
+    nested,
+    tiny,
+    tiny_manifest,
+    tiny_manifest_2,
+    tiny_tensors,
+    tiny_tensors_2,
+    with_tensor,
+)
 
 
 @dataclass(frozen=True)
@@ -39,20 +48,20 @@ def _manifest(**changes: Any) -> Callable[[], bytes]:
     return lambda: tiny(tiny_manifest(**changes))
 
 
+def _changed(m: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``m`` with nested fields set: ``arch__config__width=3`` sets m["arch"]["config"]["width"]."""
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        d = m
+        for part in parents:
+            d = d[part]
+        d[leaf] = value
+    return m
+
+
 def _nested(**changes: Any) -> Callable[[], bytes]:
     """Change nested manifest fields: ``_nested(arch__config__width=3)``."""
-
-    def make() -> bytes:
-        m = tiny_manifest()
-        for path, value in changes.items():
-            *parents, leaf = path.split("__")
-            d = m
-            for p in parents:
-                d = d[p]
-            d[leaf] = value
-        return tiny(m)
-
-    return make
+    return lambda: tiny(_changed(tiny_manifest(), changes))
 
 
 def _tensors(**change: Any) -> Callable[[], bytes]:
@@ -70,6 +79,23 @@ def _meta(metadata: dict[str, Any]) -> Callable[[], bytes]:
 
 def _layers(layers: list[dict[str, Any]]) -> Callable[[], bytes]:
     return _manifest(layers=layers)
+
+
+def _v2(tensors: list[Tensor] | None = None, **changes: Any) -> Callable[[], bytes]:
+    """A format 2.0 tiny bundle (state F16 unless ``tensors`` say otherwise) with
+    nested manifest changes as in ``_nested``."""
+
+    return lambda: tiny(
+        _changed(tiny_manifest_2(), changes), tiny_tensors_2() if tensors is None else tensors
+    )
+
+
+def _f16_state(*values: float) -> bytes:
+    return struct.pack("<6e", *values)
+
+
+def _bf16_state(*halves: int) -> bytes:
+    return struct.pack("<6H", *halves)
 
 
 _MANIFEST_TEXT = json.dumps(tiny_manifest(), separators=(",", ":"))
@@ -143,14 +169,19 @@ CASES = [
         lambda: tiny(_MANIFEST_TEXT.replace('"zero"', '"\\ud800"')),
         "surrogate",
     ),
+    # nesting (section 1.1): 65 levels inside an unknown field; the issue's few hundred
+    Case(E.ManifestNotJSON, "depth-65", _v2(future=nested(64)), "64 levels"),
+    Case(E.ManifestNotJSON, "depth-300", _manifest(future=nested(299)), "64 levels"),
+    Case(E.HeaderInvalid, "depth-65", lambda: tiny(extra={"x": nested(64)}), "64 levels"),
     Case(
         E.ManifestNotJSON,
         "digits",
         lambda: tiny(_MANIFEST_TEXT.replace('"seed":0', '"seed":' + "9" * 5000)),
         "digits",
     ),
-    Case(E.UnsupportedVersion, "major-2", _manifest(format_version="2.0"), "format_version"),
-    Case(E.UnsupportedVersion, "major-0", _manifest(format_version="0.9"), "format_version"),
+    Case(E.UnsupportedVersion, "major-3", _manifest(format_version="3.0"), "1.x and 2.x"),
+    Case(E.UnsupportedVersion, "major-0", _manifest(format_version="0.9"), "format_version 0.9"),
+    Case(E.UnsupportedVersion, "major-10-v2-body", _v2(format_version="10.1"), "10.1"),
     Case(E.ManifestInvalid, "version-form", _manifest(format_version="1"), "format_version"),
     Case(
         E.ManifestInvalid, "version-unicode", _manifest(format_version="\u00b9.0"), "format_version"
@@ -178,6 +209,49 @@ CASES = [
     Case(E.ManifestInvalid, "strategy-name", _nested(strategy__name="dense"), "strategy.name"),
     Case(E.ManifestInvalid, "ratio-not-rp", _nested(strategy__ratio=0.5), "strategy.ratio"),
     Case(E.ManifestInvalid, "fan-in-mask", _nested(strategy__scale="fan_in"), "strategy.scale"),
+    Case(
+        E.ManifestInvalid,
+        "rp-without-ratio",
+        _v2(strategy={"name": "rp", "seed": 0}),
+        "strategy.ratio",
+    ),
+    # strategy values are checked at step 7 even when the architecture is unknown (step 8)
+    Case(
+        E.ManifestInvalid,
+        "name-case-unknown-arch",
+        _nested(strategy__name="MASK", arch__name="gpt5"),
+        "strategy.name",
+    ),
+    Case(
+        E.ManifestInvalid,
+        "ratio-zero-unknown-arch",
+        _v2(strategy={"name": "rp", "seed": 0, "ratio": 0}, arch__name="gpt5"),
+        "strategy.ratio",
+    ),
+    Case(
+        E.ManifestInvalid,
+        "ratio-1.5-unknown-arch",
+        _v2(strategy={"name": "rp", "seed": 0, "ratio": 1.5}, arch__name="gpt5"),
+        "strategy.ratio",
+    ),
+    Case(
+        E.ManifestInvalid,
+        "scale-case-unknown-arch",
+        _v2(strategy={"name": "mp", "seed": 0, "scale": "FAN_IN"}, arch__name="gpt5"),
+        "strategy.scale",
+    ),
+    # 1.x requires what 2.x derives
+    Case(E.ManifestInvalid, "v1-without-layers", _manifest(layers=None), "layers"),
+    Case(E.ManifestInvalid, "v1-without-trained", _manifest(trained=None), "trained"),
+    Case(E.ManifestInvalid, "v1-without-format", _manifest(format=None), "format"),
+    Case(
+        E.ManifestInvalid,
+        "v1.3-without-layers",
+        _manifest(layers=None, format_version="1.3"),
+        "1.3",
+    ),
+    Case(E.ManifestInvalid, "v2-format-wrong", _v2(format="other"), "format"),
+    Case(E.ManifestInvalid, "v2-layers-null", _v2(layers=None), "layers"),
     Case(E.ManifestInvalid, "input-shape", _nested(input__shape=[1, 3, 3]), "input.shape"),
     Case(E.ManifestInvalid, "labels-count", _manifest(labels=["a", "b", "c"]), "labels"),
     Case(E.ManifestInvalid, "generator", _manifest(generator="mt19937"), "generator"),
@@ -209,6 +283,15 @@ CASES = [
     ),
     Case(
         E.ArchitectureMismatch, "trained-order", _manifest(trained=_TRAINED_SWAPPED), "trained[0]"
+    ),
+    Case(
+        E.ArchitectureMismatch, "v2-declared-trained", _v2(trained=_TRAINED_SWAPPED), "trained[0]"
+    ),
+    Case(
+        E.ArchitectureMismatch,
+        "v2-declared-layers",
+        _v2(layers=[{"name": "layers.0", "shape": [3, 4]}]),
+        "layers[1]",
     ),
     Case(
         E.ModelTooLarge,
@@ -255,7 +338,19 @@ CASES = [
     Case(E.MissingTensor, "state", lambda: tiny(tensors=tiny_tensors()[1:]), "state"),
     Case(E.MissingTensor, "prototype", _manifest(prototype_embedded=True), "prototype"),
     Case(E.WrongDtype, "masks-f32", _tensors(name="masks", dtype="F32"), "masks"),
-    Case(E.WrongDtype, "state-f16", _tensors(name="state", dtype="F16"), "state"),
+    Case(E.WrongDtype, "state-f16-in-1.0", _tensors(name="state", dtype="F16"), "requires F32"),
+    Case(
+        E.WrongDtype,
+        "state-f64-in-2.0",
+        _v2(with_tensor(tiny_tensors_2(), "state", dtype="F64")),
+        "F16 or BF16 or F32",
+    ),
+    Case(
+        E.WrongDtype,
+        "masks-f16-in-2.0",
+        _v2(with_tensor(tiny_tensors_2(), "masks", dtype="F16")),
+        "masks",
+    ),
     Case(
         E.WrongShape,
         "masks-long",
@@ -295,6 +390,30 @@ CASES = [
     ),
     Case(
         E.NonFiniteValue, "state-nan", lambda: tiny(tensors=tiny_tensors(state=_NAN_STATE)), "state"
+    ),
+    Case(
+        E.NonFiniteValue,
+        "f16-inf",
+        _v2(tiny_tensors_2(state=_f16_state(1, 1, 1, 0, float("inf"), 0))),
+        "norms.0.shift[1]",
+    ),
+    Case(
+        E.NonFiniteValue,
+        "f16-nan",
+        _v2(tiny_tensors_2(state=_f16_state(float("nan"), 1, 1, 0, 0, 0))),
+        "norms.0.scale[0]",
+    ),
+    Case(
+        E.NonFiniteValue,
+        "bf16-nan",
+        _v2(tiny_tensors_2(state=_bf16_state(0x3F80, 0x7FC1, 0x3F80, 0, 0, 0), dtype="BF16")),
+        "(BF16)",
+    ),
+    Case(
+        E.NonFiniteValue,
+        "bf16-minus-inf",
+        _v2(tiny_tensors_2(state=_bf16_state(0x3F80, 0x3F80, 0x3F80, 0, 0, 0xFF80), dtype="BF16")),
+        "norms.0.shift[2]",
     ),
     Case(
         E.NonFiniteValue,
@@ -372,6 +491,37 @@ def test_messages_are_one_short_line_even_for_hostile_names() -> None:
     assert "\n" not in message and len(message) <= 400
     assert message.isprintable()
     assert "evil\\nname\\x07\\u2028xxx" in message
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+def test_tiny_2_bundle_is_valid(dtype: str) -> None:
+    state = {"F16": craft.TINY_STATE_F16, "BF16": craft.TINY_STATE_BF16, "F32": craft.TINY_STATE}
+    tensors = tiny_tensors() if dtype == "F32" else tiny_tensors_2(state=state[dtype], dtype=dtype)
+    data = tiny(tiny_manifest_2(), tensors)
+    b, s = read_bundle(data), spec_reader.read(data)
+    assert b.state_dtype == dtype and b.state.tolist() == [1, 1, 1, 0, 0, 0]
+    assert [float(v) for v in s.state["norms.0.scale"]] == [1, 1, 1]
+    assert b.fingerprint == s.fingerprint == read_bundle(tiny()).fingerprint
+    # the derived fields are filled in, exactly as a 1.0 file states them
+    assert b.manifest.layers == read_bundle(tiny()).manifest.layers
+    assert b.manifest.trained == read_bundle(tiny()).manifest.trained
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_nesting_up_to_64_levels_is_accepted(version: str) -> None:
+    """Section 1.1: exactly 64 levels parse, in the manifest (an unknown field of
+    depth 63 inside the depth-1 manifest object) and in the header (where the
+    member is then an unexpected tensor, a later check)."""
+    make = tiny_manifest if version == "1.0" else tiny_manifest_2
+    tensors = tiny_tensors() if version == "1.0" else tiny_tensors_2()
+    data = tiny(make(future=nested(63)), tensors)
+    read_bundle(data)
+    spec_reader.read(data)
+    deep_header = tiny(make(), tensors, extra={"y": nested(63)})
+    with pytest.raises(E.UnexpectedTensor):
+        read_bundle(deep_header)
+    with pytest.raises(spec_reader.SpecError, match="y"):
+        spec_reader.read(deep_header)
 
 
 def test_added_optional_fields_are_accepted() -> None:

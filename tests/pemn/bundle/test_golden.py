@@ -10,8 +10,9 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
-from safetensors.numpy import load as st_load
+from safetensors.torch import load as st_load_torch
 
 from pemn.bundle import read_bundle
 from tests.pemn.bundle import spec_reader
@@ -19,8 +20,13 @@ from tests.pemn.bundle.golden.make_golden import build
 
 HERE = Path(__file__).resolve().parent / "golden"
 GOLDEN = {
-    "mlp-rp.pemn": "23ecdb7353bdb0743d085f197fa967afec90a7d3438dc4c23a4fd115d6bf2c9b",
-    "vit-mp-embedded.pemn": "80ea8e41d933504998c96a62927c170431e14d845a6ca19327864708322f2f78",
+    # format 1.0: the bytes 1.0 writers wrote (these two hashes predate format 2.0)
+    "mlp-rp-1.0.pemn": "23ecdb7353bdb0743d085f197fa967afec90a7d3438dc4c23a4fd115d6bf2c9b",
+    "vit-mp-embedded-1.0.pemn": "80ea8e41d933504998c96a62927c170431e14d845a6ca19327864708322f2f78",
+    # format 2.0: state float16 (default), bfloat16, float32
+    "mlp-rp.pemn": "56c7da5c8013d181a30cd64c9b67d4f5e4b1d5b22008328d47eebb1c89c722f6",
+    "mlp-rp-bf16.pemn": "5cbf35cba7cedbf7fd88dfd17cddbd0fca1c114c29851e84bc90e8c7e7dcc46b",
+    "vit-mp-embedded-f32.pemn": "959ba2cc5e033954f1cb899b33390839d3e3cf8bd594a04eb2bd6fd77c492c63",
 }
 
 
@@ -52,12 +58,24 @@ def test_golden_layout_is_the_documented_one(name: str) -> None:
     assert header["__metadata__"]["manifest"] == json.dumps(
         json.loads(header["__metadata__"]["manifest"]), sort_keys=True, separators=(",", ":")
     )
-    # data order: F32 tensors first (prototype, state), then masks
+    # data order: by item size (F32 prototype, then state in F32, F16 or BF16), then masks
     order = sorted((e["data_offsets"][0], k) for k, e in header.items() if k != "__metadata__")
     assert [k for _, k in order] == (
         ["prototype", "state", "masks"] if "prototype" in header else ["state", "masks"]
     )
-    # every reader agrees
-    ours, spec, official = read_bundle(data), spec_reader.read(data), st_load(data)
+    # every reader agrees (safetensors' numpy loader has no bfloat16: its torch one does)
+    ours, spec, official = read_bundle(data), spec_reader.read(data), st_load_torch(data)
     assert spec.fingerprint == ours.fingerprint
-    assert official["masks"].tobytes() == ours.masks.tobytes()
+    assert official["masks"].numpy().tobytes() == ours.masks.tobytes()
+    assert np.array_equal(official["state"].float().numpy(), ours.state)
+    manifest = json.loads(header["__metadata__"]["manifest"])
+    version = manifest["format_version"]
+    assert version == ("1.0" if name.endswith("-1.0.pemn") else "2.0")
+    if version == "2.0":  # section 3: nothing derivable, no default values
+        assert not {"format", "generator", "layers", "trained"} & set(manifest)
+        defaults = spec_reader.DEFAULTS[manifest["arch"]["name"]]
+        assert all(v != defaults[k] for k, v in manifest["arch"]["config"].items())
+        assert "ratio" not in manifest["strategy"] or manifest["strategy"]["name"] == "rp"
+        assert "dtype" not in manifest["input"] and "range" not in manifest["input"]
+        want = {"mlp-rp.pemn": "F16", "mlp-rp-bf16.pemn": "BF16"}.get(name, "F32")
+        assert header["state"]["dtype"] == ours.state_dtype == want

@@ -1,5 +1,8 @@
 """A trained masked network and its materialized bundle compute the same function."""
 
+import json
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +45,11 @@ def _trained(arch, strategy, steps=2):
     return model.eval()
 
 
+def _header(data: bytes) -> dict:
+    (n,) = struct.unpack_from("<Q", data)
+    return json.loads(data[8 : 8 + n])
+
+
 def _write(arch, strategy, model, **kw):
     return write_bundle(
         arch=arch,
@@ -60,8 +68,9 @@ def _write(arch, strategy, model, **kw):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=strategy_id)
 def test_materialized_bundle_equals_trained_network(arch, strategy):
+    """With the norm state in float32 the bundle is the trained network exactly."""
     model = _trained(arch, strategy)
-    data = _write(arch, strategy, model)
+    data = _write(arch, strategy, model, state_dtype="float32")
     net = materialize(read_bundle(data))
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
@@ -70,6 +79,28 @@ def test_materialized_bundle_equals_trained_network(arch, strategy):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert not any(p.requires_grad for p in net.parameters())
     assert not net.training
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("state_dtype", ["float16", "bfloat16"])
+def test_reduced_precision_state_is_the_rounded_state(arch, state_dtype):
+    """float16 / bfloat16: the reader hands out the float32 values of the rounded
+    state (torch's rounding), and the network stays close to the trained one."""
+    model = _trained(arch, Strategy("rp", ratio=1e-2))
+    exact = read_bundle(_write(arch, Strategy("rp", ratio=1e-2), model, state_dtype="float32"))
+    data = _write(arch, Strategy("rp", ratio=1e-2), model, state_dtype=state_dtype)
+    bundle = read_bundle(data)
+    assert bundle.state_dtype == {"float16": "F16", "bfloat16": "BF16"}[state_dtype]
+    assert bundle.state.dtype == np.float32 and not bundle.state.flags.writeable
+    rounded = torch.from_numpy(np.array(exact.state)).to(getattr(torch, state_dtype)).float()
+    assert np.array_equal(bundle.state, rounded.numpy())
+    begin, end = _header(data)["state"]["data_offsets"]
+    assert end - begin == 2 * bundle.state.size  # half the bytes of float32
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        want, got = model((x - 0.3) / 0.35), materialize(bundle)(x)
+    rel = float((got - want).abs().max() / want.abs().max())
+    assert rel < (1e-2 if state_dtype == "float16" else 5e-2), rel
 
 
 @pytest.mark.parametrize("arch", ARCHS)

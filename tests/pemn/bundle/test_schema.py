@@ -16,7 +16,7 @@ from pemn.bundle import BundleError, read_bundle
 from pemn.bundle.spec import manifest_schema_text
 from pemn.prototype import Strategy
 from pemn.testing import SMALL, make_bundle
-from tests.pemn.bundle.craft import tiny, tiny_manifest
+from tests.pemn.bundle.craft import tiny, tiny_manifest, tiny_manifest_2, tiny_tensors_2
 
 SCHEMA_FILE = resources.files("pemn.bundle") / "manifest.schema.json"
 
@@ -60,6 +60,14 @@ def test_writer_manifests_validate(arch: str, strategy: Strategy, embed: bool) -
 
 def test_hand_made_manifest_validates() -> None:
     jsonschema.Draft202012Validator(_schema()).validate(tiny_manifest())
+    jsonschema.Draft202012Validator(_schema()).validate(tiny_manifest_2())
+
+
+def test_format_1_0_writer_manifests_validate() -> None:
+    data = make_bundle(format_version="1.0", strategy=Strategy("mp", scale="fan_in"))
+    manifest = _manifest_of(data)
+    assert {"format", "layers", "trained"} <= set(manifest)
+    jsonschema.Draft202012Validator(_schema()).validate(manifest)
 
 
 def _without(path: str) -> dict[str, Any]:
@@ -101,7 +109,19 @@ INVALID = {
     "metrics-nested": _set("metrics", {"a": {"b": 1}}),
     "config-string": _set("arch.config", {"hidden": "3"}),
     "embedded-string": _set("prototype_embedded", "yes"),
+    "v1-missing-trained": _without("trained"),
+    "v1-missing-format": _without("format"),
+    "strategy-name-case": _set("strategy.name", "MASK"),
+    "strategy-scale-case": _set("strategy.scale", "FAN_IN"),
+    "ratio-for-mask": _set("strategy.ratio", 0.5),
+    "fan-in-for-mask": _set("strategy.scale", "fan_in"),
+    "v2-rp-without-ratio": tiny_manifest_2(strategy={"name": "rp", "seed": 0}),
+    "v2-rp-ratio-zero": tiny_manifest_2(strategy={"name": "rp", "seed": 0, "ratio": 0}),
+    "v2-rp-ratio-1.5": tiny_manifest_2(strategy={"name": "rp", "seed": 0, "ratio": 1.5}),
+    "v2-format-other": tiny_manifest_2(format="other"),
+    "v2-layers-null": {**tiny_manifest_2(), "layers": None},
 }
+V2 = {name for name in INVALID if name.startswith("v2-")}
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))
@@ -110,5 +130,5 @@ def test_invalid_manifests_fail_schema_and_reader(name: str) -> None:
     errors = list(jsonschema.Draft202012Validator(_schema()).iter_errors(manifest))
     assert errors, f"{name} passes the schema"
     with pytest.raises(BundleError) as info:
-        read_bundle(tiny(manifest))
+        read_bundle(tiny(manifest, tiny_tensors_2() if name in V2 else None))
     assert info.value.code == "bundle.manifest_invalid"

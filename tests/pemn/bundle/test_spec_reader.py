@@ -1,6 +1,8 @@
 """The spec is enough to write a reader: ``spec_reader`` (written from
 docs/bundle-format.md, no ``pemn`` imports) agrees with ``pemn.bundle`` on real
-bundles, field by field and bit by bit, and on the document's test vectors."""
+bundles of both format versions and every state precision, field by field and
+bit by bit, and on the document's test vectors; ``spec_forward`` computes the
+same logits as ``pemn.materialize`` on every architecture."""
 
 from __future__ import annotations
 
@@ -18,22 +20,26 @@ from pemn.bundle import read_bundle
 from pemn.bundle.bits import kept_count
 from pemn.bundle.spec import arch_layout
 from pemn.layers import LayerSpec
-from pemn.materialize import Backbone
+from pemn.materialize import Backbone, materialize
 from pemn.prototype import Strategy, digest, generate, normal
 from pemn.testing import ARCHS, SMALL, make_bundle
-from tests.pemn.bundle import spec_reader
+from tests.pemn.bundle import spec_forward, spec_reader
 
 
-def test_spec_reader_imports_nothing_from_pemn() -> None:
-    tree = ast.parse(Path(spec_reader.__file__).read_text())
+@pytest.mark.parametrize("module", [spec_reader, spec_forward], ids=lambda m: m.__name__)
+def test_spec_reader_imports_nothing_from_pemn(module) -> None:
+    tree = ast.parse(Path(module.__file__).read_text())
     modules = [
         n.module if isinstance(n, ast.ImportFrom) else a.name
         for n in ast.walk(tree)
         if isinstance(n, ast.Import | ast.ImportFrom)
         for a in (n.names if isinstance(n, ast.Import) else [n])
     ]
+    allowed = {"tests.pemn.bundle.spec_reader"}  # the forward pass uses the second reader
     assert modules and not [
-        m for m in modules if m and m.split(".")[0] in ("pemn", "tests", "torch")
+        m
+        for m in modules
+        if m and m not in allowed and m.split(".")[0] in ("pemn", "tests", "torch", "scipy")
     ]
 
 
@@ -96,7 +102,7 @@ def test_kept_count(n: int, density: float) -> None:
 def test_bit_order_worked_example() -> None:
     """Section 6.1: [[1,0,1,1,0],[0,0,1,0,1]] is stored as 0x8D 0x02."""
     mask = np.array([[1, 0, 1, 1, 0], [0, 0, 1, 0, 1]], dtype=bool)
-    from pemn.bundle.bits import pack_mask
+    from pemn.bundle.writer import pack_mask
 
     assert pack_mask(mask).tobytes() == b"\x8d\x02"
 
@@ -138,26 +144,54 @@ def test_resnet56_has_the_papers_weight_count() -> None:
 
 # ------------------------------------------------------------- real bundles
 
-BUNDLES = [
-    ("mlp", Strategy("mp", seed=2), False),
-    ("mlp", Strategy("rp", seed=5, ratio=1e-2, scale="fan_in"), True),
-    ("convmixer", Strategy("mask", seed=1), False),
-    ("convmixer", Strategy("one_layer", seed=3), False),
-    ("resnet20", Strategy("rp", ratio=1e-3), False),
-    ("vit", Strategy("mp", seed=4, scale="fan_in"), True),
-    ("vit", Strategy("one_layer"), False),
+BUNDLES = [  # (arch, strategy, embed, write_bundle options)
+    ("mlp", Strategy("mp", seed=2), False, {}),
+    ("mlp", Strategy("rp", seed=5, ratio=1e-2, scale="fan_in"), True, {"format_version": "1.0"}),
+    ("convmixer", Strategy("mask", seed=1), False, {"state_dtype": "bfloat16"}),
+    ("convmixer", Strategy("one_layer", seed=3), False, {"format_version": "1.0"}),
+    ("resnet20", Strategy("rp", ratio=1e-3), False, {"state_dtype": "float32"}),
+    ("vit", Strategy("mp", seed=4, scale="fan_in"), True, {}),
+    ("vit", Strategy("one_layer"), False, {"state_dtype": "bfloat16"}),
 ]
 
 
-@pytest.mark.parametrize(("arch", "strategy", "embed"), BUNDLES)
-def test_spec_reader_agrees_with_read_bundle(arch: str, strategy: Strategy, embed: bool) -> None:
+def _same_manifest(spec: dict, ours: dict) -> None:
+    """The spec reader's manifest (the file's JSON) and pemn's (typed, defaults and
+    derived fields filled in) say the same things."""
+    defaults = {
+        "prototype_embedded": False,
+        "metrics": {},
+        "provenance": {},
+        "generator": spec_reader.GENERATOR,
+    }
+    for key, value in ours.items():
+        if key in ("layers", "trained", "format") and key not in spec:
+            continue  # 2.x: derived, compared through the layouts
+        got = spec.get(key, defaults.get(key))
+        if key == "arch":  # 2.x stores only the config values that are not defaults
+            got = {"name": got["name"], "config": spec_reader.resolve(got["name"], got["config"])}
+        if key == "strategy":
+            got = {"ratio": None, "scale": "paper", **got}
+        if key == "input":
+            got = {"dtype": "float32", "range": [0.0, 1.0], **got}
+        assert got == value, key
+
+
+@pytest.mark.parametrize(("arch", "strategy", "embed", "options"), BUNDLES)
+def test_spec_reader_agrees_with_read_bundle(
+    arch: str, strategy: Strategy, embed: bool, options: dict
+) -> None:
     config = None if arch == "mlp" else {"in_channels": 1, "image_size": 28, **SMALL[arch]}
-    data = make_bundle(arch, config, strategy, density=0.3, mask_seed=7, embed_prototype=embed)
+    data = make_bundle(
+        arch, config, strategy, density=0.3, mask_seed=7, embed_prototype=embed, **options
+    )
     ours = read_bundle(data)
     spec = spec_reader.read(data)
 
-    assert spec.manifest == ours.manifest.model_dump(mode="json")
+    _same_manifest(spec.manifest, ours.manifest.model_dump(mode="json"))
+    assert spec.manifest["format_version"] == options.get("format_version", "2.0")
     assert spec.fingerprint == ours.fingerprint
+    assert spec.layout.trained == [(e.name, e.shape) for e in ours.layout.trained]
     assert spec.layout.layers == [(s.name, list(s.shape)) for s in ours.layout.layers]
     # masks: same bits, same layers
     for name, packed in ours.layer_masks().items():
@@ -201,3 +235,95 @@ def test_spec_reader_agrees_with_read_bundle(arch: str, strategy: Strategy, embe
 def test_spec_reader_verify_false_skips_only_the_digest() -> None:
     data = make_bundle()
     assert spec_reader.read(data, verify=False).fixed is None
+
+
+# ------------------------------------------------------------- the computation (section 5.3)
+
+FORWARD_CONFIGS = [
+    (arch, {"in_channels": 1, "image_size": 28, **SMALL[arch]}) for arch in ARCHS
+] + [
+    # an even depthwise kernel (asymmetric "same" padding), a patch that leaves rows unused
+    (
+        "convmixer",
+        {"width": 12, "depth": 3, "kernel": 4, "patch": 5, "image_size": 28, "in_channels": 2},
+    ),
+    # 3 heads of 4, mlp_ratio 3, 9 tokens
+    ("vit", {"width": 12, "heads": 3, "depth": 2, "patch": 2, "mlp_ratio": 3, "image_size": 6}),
+    # odd sizes through the stride-2 stages (9 -> 5 -> 3), 3 input channels
+    ("resnet20", {"image_size": 9, "in_channels": 3, "num_classes": 4}),
+    ("mlp", {"hidden": [], "image_size": 4, "in_channels": 2}),
+]
+TOLERANCE = 1e-5  # |spec - materialize| <= TOLERANCE * max(1, |logit|)
+
+
+def _logits_both_ways(arch: str, config: dict, **options) -> tuple[np.ndarray, np.ndarray]:
+    data = make_bundle(arch, config, density=0.5, mask_seed=3, **options)
+    bundle = read_bundle(data)
+    c, s = bundle.manifest.input.shape[:2]
+    x = torch.rand(3, c, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = materialize(bundle)(x).double().numpy()
+    return spec_forward.logits(spec_reader.read(data), x.numpy()), want
+
+
+def _worst(got: np.ndarray, want: np.ndarray) -> float:
+    return float((np.abs(got - want) / np.maximum(1.0, np.abs(want))).max())
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize(("arch", "config"), FORWARD_CONFIGS, ids=lambda v: str(v))
+def test_spec_forward_computes_the_logits_of_materialize(arch: str, config: dict) -> None:
+    got, want = _logits_both_ways(arch, config)
+    assert got.shape == want.shape == (3, config.get("num_classes", 10))
+    assert _worst(got, want) <= TOLERANCE
+    assert np.abs(want).max() > 1e-3  # a network that computes something
+
+
+def _tanh_gelu(z: np.ndarray) -> np.ndarray:
+    return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+
+
+_POSITIONS = spec_forward.position_table
+
+
+def _rows_first(g: int, w: int) -> np.ndarray:
+    t = _POSITIONS(g, w)
+    q = w // 4
+    return np.concatenate([t[:, 2 * q :], t[:, : 2 * q]], axis=1)
+
+
+def _shortcut_padded_after(h: np.ndarray, t: int, planes: int) -> np.ndarray:
+    if t == 1 and h.shape[1] == planes:
+        return h
+    return np.pad(h[:, :, ::t, ::t], ((0, 0), (0, planes - h.shape[1]), (0, 0), (0, 0)))
+
+
+def _qkv_interleaved(u: np.ndarray, w: int, heads: int) -> list[np.ndarray]:
+    b, t, _ = u.shape
+    per_head = u.reshape(b, t, heads, 3, w // heads)
+    return [per_head[:, :, :, j] for j in range(3)]
+
+
+WRONG = {  # each a plausible misreading of section 5.3; each must break the agreement
+    "gelu-tanh": ("convmixer", "gelu", _tanh_gelu),
+    "same-padding-top-left": ("convmixer-even", "same", lambda k: (k // 2, (k - 1) // 2) * 2),
+    "positions-rows-first": ("vit", "position_table", _rows_first),
+    "qkv-per-head": ("vit", "split_qkv", _qkv_interleaved),
+    "shortcut-zeros-after": ("resnet20", "shortcut", _shortcut_padded_after),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_a_misread_computation_disagrees(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1e-5 agreement can fail: reading any one rule differently breaks it."""
+    target, attr, replacement = WRONG[name]
+    arch, config = {
+        "convmixer": FORWARD_CONFIGS[ARCHS.index("convmixer")],
+        "convmixer-even": FORWARD_CONFIGS[len(ARCHS)],
+        "vit": FORWARD_CONFIGS[ARCHS.index("vit")],
+        "resnet20": FORWARD_CONFIGS[ARCHS.index("resnet20")],
+    }[target]
+    monkeypatch.setattr(spec_forward, attr, replacement)
+    got, want = _logits_both_ways(arch, config)
+    assert _worst(got, want) > 5 * TOLERANCE, name  # the tanh GELU: 10x, the others far more

@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from tests.pemn.bundle import craft
-from tests.pemn.bundle.craft import Tensor, tiny, tiny_manifest, tiny_tensors, with_tensor
+from tests.pemn.bundle.craft import (
+    Tensor,
+    nested,
+    tiny,
+    tiny_manifest,
+    tiny_manifest_2,
+    tiny_tensors,
+    tiny_tensors_2,
+    with_tensor,
+)
 
 HERE = Path(__file__).resolve().parent
 
 _T = tiny_tensors  # state [0, 24), masks [24, 27)
+_T2 = tiny_tensors_2  # format 2.0: state F16 [0, 12), masks [12, 15)
 
 
 def _vit(**config: Any) -> dict[str, Any]:
@@ -90,7 +100,7 @@ def build() -> dict[str, tuple[bytes, dict[str, Any]]]:
         "manifest_not_json",
     )
     # versions and fields
-    add("unknown-major-version", tiny(format_version="2.0"), "unsupported_version")
+    add("unknown-major-version", tiny(format_version="3.0"), "unsupported_version")
     add("unknown-architecture", tiny(arch={"name": "gpt5", "config": {}}), "unknown_arch")
     add("labels-count-mismatch", tiny(labels=["only-one"]), "manifest_invalid")
     add(
@@ -196,6 +206,51 @@ def build() -> dict[str, tuple[bytes, dict[str, Any]]]:
         "non_finite",
     )
     add("digest-mismatch", tiny(prototype_digest="sha256:" + "ab" * 32), "digest_mismatch")
+    # format 2.0 (and 1.x rules it must not relax)
+    v2 = tiny_manifest_2()
+    add(
+        "v2-state-f16-inf",
+        tiny(v2, _T2(state=struct.pack("<6e", 1, 1, 1, 0, 0, float("inf")))),
+        "non_finite",
+    )
+    add(
+        "v2-state-f16-nan",
+        tiny(v2, _T2(state=bytes.fromhex("003c003c007e") + bytes(6))),
+        "non_finite",
+    )
+    add(
+        "v2-state-bf16-nan",
+        tiny(v2, _T2(state=bytes.fromhex("803f803fc07f") + bytes(6), dtype="BF16")),
+        "non_finite",
+    )
+    add("v2-state-f64", tiny(v2, with_tensor(_T2(), "state", dtype="F64")), "wrong_dtype")
+    add(
+        "v2-state-f16-with-f32-bytes",
+        tiny(v2, with_tensor(_T2(), "state", data=craft.TINY_STATE)),
+        "invalid_offsets",
+    )
+    add("v1-state-f16", tiny(tiny_manifest(), _T2()), "wrong_dtype")
+    add("v1-without-layers", tiny(tiny_manifest(layers=None), _T()), "manifest_invalid")
+    add(
+        "v2-manifest-deep-unknown-field",
+        tiny(tiny_manifest_2(future={"a": nested(300)}), _T2()),
+        "manifest_not_json",
+    )
+    add(
+        "v2-bad-strategy-unknown-arch",
+        tiny(
+            tiny_manifest_2(
+                arch={"name": "gpt5", "config": {}}, strategy={"name": "MASK", "seed": 0}
+            ),
+            _T2(),
+        ),
+        "manifest_invalid",
+    )
+    add(
+        "v2-layers-mismatch",
+        tiny(tiny_manifest_2(layers=[{"name": "x", "shape": [1]}]), _T2()),
+        "arch_mismatch",
+    )
     return out
 
 
