@@ -20,6 +20,7 @@ import numpy as np
 
 from service.catalog import ModelRecord
 from service.errors import DeadlineExceeded, DomainError, NotReady, domain_status
+from service.runtimes import OnnxRunner
 from service.state import ServiceState
 
 __all__ = ["Result", "infer"]
@@ -28,7 +29,7 @@ __all__ = ["Result", "infer"]
 @dataclass
 class Result:
     record: ModelRecord
-    runtime: str
+    runtime: str  # what ran it: torch or onnx
     logits: np.ndarray  # (b, K) float32
 
 
@@ -67,7 +68,7 @@ async def infer(
         lane = registry.lane(record, runtime)
         logits = await svc.batcher.submit(lane, task, x, remaining, label)
         status = 200
-        return Result(record, runtime, logits)
+        return Result(record, "onnx" if isinstance(task, OnnxRunner) else "torch", logits)
     except DomainError as exc:
         status = domain_status(exc)
         raise

@@ -85,6 +85,20 @@ def default_mixed_mode(backbone: Backbone) -> MixedMode:
     return "per_task"
 
 
+def _run_sessions(xs: list[np.ndarray], tasks: list[OnnxRunner]) -> list[np.ndarray | Exception]:
+    """One session call per distinct task, its requests concatenated."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(id(t), []).append(i)
+    results: list[np.ndarray | Exception] = [np.empty(0)] * len(xs)
+    for idx in groups.values():
+        parts = [xs[i] for i in idx]
+        logits = tasks[idx[0]](parts[0] if len(parts) == 1 else np.concatenate(parts))
+        for i, part in zip(idx, _split(logits, [len(p) for p in parts]), strict=True):
+            results[i] = part
+    return results
+
+
 def _split(logits: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     out, pos = [], 0
     for n in sizes:
@@ -94,7 +108,9 @@ def _split(logits: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 
 class TorchLane:
-    runtime = "torch"
+    """The backbone's one network on torch. With ``runtime="auto"`` the batch may also
+    hold tasks that have an ONNX Runtime session (the hot ones): those run one session
+    call per task, the rest on the torch network, in the same hand-off."""
 
     def __init__(
         self,
@@ -103,15 +119,17 @@ class TorchLane:
         hot_bytes: int,
         mode: MixedMode | None = None,
         on_materialize: Callable[[float], None] | None = None,
+        runtime: str = "torch",
     ) -> None:
         self.key = key
+        self.runtime = runtime
         self._observe = on_materialize
         self.backbone = backbone
         self.label = f"{backbone.arch}:{backbone.fingerprint[7:15]}"
         self.mode: MixedMode = mode or default_mixed_mode(backbone)
         self.hot: ByteLRU[str, TaskWeights] = ByteLRU("hot", hot_bytes, lambda w: w.nbytes)
         self._scratch: TaskWeights | None = None  # a single non-hot task's weights
-        self.batches = {"single": 0, "per_sample": 0, "per_task": 0}
+        self.batches = {"single": 0, "per_sample": 0, "per_task": 0, "onnx": 0}
 
     @property
     def task_bytes(self) -> int:
@@ -135,10 +153,21 @@ class TorchLane:
             self._observe(time.perf_counter() - start)
         return weights
 
-    def run(self, xs: list[np.ndarray], tasks: list[PackedTask]) -> list[np.ndarray | Exception]:
+    def run(
+        self, xs: list[np.ndarray], tasks: list[PackedTask | OnnxRunner]
+    ) -> list[np.ndarray | Exception]:
         results: list[np.ndarray | Exception | None] = [None] * len(xs)
+        sessions = {i: t for i, t in enumerate(tasks) if isinstance(t, OnnxRunner)}
+        if sessions:  # runtime auto: hot tasks with a session of their own
+            self.batches["onnx"] += 1
+            answers = _run_sessions([xs[i] for i in sessions], list(sessions.values()))
+            for i, answer in zip(sessions, answers, strict=True):
+                results[i] = answer
+        rest = [i for i, t in enumerate(tasks) if not isinstance(t, OnnxRunner)]
         resolved: dict[int, TaskWeights | PackedTask | Exception] = {}
-        for t in tasks:
+        for i in rest:
+            t = tasks[i]
+            assert isinstance(t, PackedTask)
             if id(t) not in resolved:
                 try:
                     resolved[id(t)] = self._weights(t)
@@ -147,11 +176,11 @@ class TorchLane:
                     resolved[id(t)] = Unservable(
                         f"task {t.content_id[:19]} could not be materialized: {exc}"
                     )
-        ok = [i for i, t in enumerate(tasks) if not isinstance(resolved[id(t)], Exception)]
-        for i, t in enumerate(tasks):
-            r = resolved[id(t)]
-            if isinstance(r, Exception):
-                results[i] = r
+        ok = [i for i in rest if not isinstance(resolved[id(tasks[i])], Exception)]
+        for i in rest:
+            failed = resolved[id(tasks[i])]
+            if isinstance(failed, Exception):
+                results[i] = failed
         if ok:
             logits = self._forward([xs[i] for i in ok], [resolved[id(tasks[i])] for i in ok])
             for i, part in zip(ok, _split(logits, [len(xs[i]) for i in ok]), strict=True):
@@ -208,17 +237,8 @@ class OnnxLane:
         return False  # sessions live in the registry's ONNX tier
 
     def run(self, xs: list[np.ndarray], tasks: list[OnnxRunner]) -> list[np.ndarray | Exception]:
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(tasks):
-            groups.setdefault(id(t), []).append(i)
-        self.batches["single" if len(groups) == 1 else "per_task"] += 1
-        results: list[np.ndarray | Exception] = [np.empty(0)] * len(xs)
-        for idx in groups.values():
-            parts = [xs[i] for i in idx]
-            logits = tasks[idx[0]](parts[0] if len(parts) == 1 else np.concatenate(parts))
-            for i, part in zip(idx, _split(logits, [len(p) for p in parts]), strict=True):
-                results[i] = part
-        return results
+        self.batches["single" if len({id(t) for t in tasks}) == 1 else "per_task"] += 1
+        return _run_sessions(xs, tasks)
 
     def stats(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "batches": dict(self.batches)}

@@ -61,11 +61,21 @@ class Settings(BaseSettings):
         "per-sample weights, or one forward per task (default: per the device)",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch", description="default runtime for every model"
+    runtime: Literal["torch", "onnx", "auto"] = Field(
+        "torch",
+        description="default runtime for every model: torch (the backbone's network), onnx "
+        "(an ONNX Runtime session per task), auto (torch, and an ONNX Runtime session for "
+        "each task hot enough to sustain PEMN_ONNX_HOT_RATE requests per second)",
     )
-    runtime_overrides: Annotated[dict[str, Literal["torch", "onnx"]], NoDecode] = Field(
+    runtime_overrides: Annotated[dict[str, Literal["torch", "onnx", "auto"]], NoDecode] = Field(
         default_factory=dict, description="per-model runtime, e.g. 'fashion=onnx,mnist=torch'"
+    )
+    onnx_hot_rate: float = Field(
+        20.0,
+        gt=0,
+        le=1e6,
+        description="runtime auto: requests per second (averaged over about 5 s) from which "
+        "a task gets its own ONNX Runtime session, built in the background",
     )
     channels_last: bool = Field(
         True,

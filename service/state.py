@@ -39,6 +39,7 @@ class ServiceState:
             cache_bytes=settings.cache_bytes,
             packed_bytes=settings.packed_bytes,
             mixed_mode=settings.mixed_batches,
+            onnx_hot_rate=settings.onnx_hot_rate,
             default_runtime=settings.runtime,
             runtime_overrides=dict(settings.runtime_overrides),
             metrics=self.metrics,

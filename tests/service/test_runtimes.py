@@ -138,3 +138,17 @@ def test_graphs_of_dropped_backbones_are_forgotten(backbone_and_tasks, exported)
     assert graphs._graphs == {}
     OnnxRunner.build(backbone, tasks[2], 1, graphs)
     assert graphs.exports == 2
+
+
+def test_an_auto_lane_runs_hot_tasks_on_their_session_and_the_rest_on_torch(
+    backbone_and_tasks, exported
+):
+    backbone, tasks = backbone_and_tasks
+    session = OnnxRunner.build(backbone, tasks[1], 1, _copy(exported))
+    lane = TorchLane(("fp", "auto"), backbone, 0, "per_sample", runtime="auto")
+    order = [tasks[0], session, tasks[2], session, tasks[0]]
+    xs = [images(2, seed=10 + i) for i in range(len(order))]
+    wanted = [tasks[0], tasks[1], tasks[2], tasks[1], tasks[0]]
+    for x, t, got in zip(xs, wanted, lane.run(xs, order), strict=True):
+        np.testing.assert_allclose(got, _alone(backbone, t, x), rtol=1e-4, atol=1e-4)
+    assert lane.stats()["batches"]["onnx"] == 1 and lane.stats()["batches"]["per_sample"] == 1

@@ -5,6 +5,7 @@ loaded, and eviction under memory pressure that never fails a request."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_eviction_under_pressure_never_fails_a_request(start_server, redis_store
     status = s.client.get("/status").json()
     assert status["packed_evictions"] > 0 and status["packed_tasks"] <= 4
     assert status["tasks"] == 0  # nothing stayed materialized
+
+
+def test_runtime_auto_gives_a_hot_task_its_onnx_session_and_keeps_the_rest_on_torch(
+    start_server, redis_store
+):
+    s = start_server(
+        store_url=f"{redis_store}-auto", api_key=API_KEY, runtime="auto", onnx_hot_rate="2"
+    )
+    hot, cold = (make_bundle("convmixer", CONFIG, mask_seed=3000 + i) for i in range(2))
+    assert upload(s, "auto-hot", hot).status_code == 201
+    assert upload(s, "auto-cold", cold).status_code == 201
+    x = images(2, seed=8)
+    _, body = predict_logits(s, "auto-cold", x)
+    assert body["runtime"] == "torch"
+    seen = []
+    deadline = time.monotonic() + 120  # the backbone's first ONNX export takes seconds
+    while time.monotonic() < deadline:
+        logits, body = predict_logits(s, "auto-hot", x)
+        seen.append(body["runtime"])
+        np.testing.assert_allclose(logits, local_logits(hot, x), rtol=1e-4, atol=1e-4)
+        if body["runtime"] == "onnx":
+            break
+    assert seen[0] == "torch" and seen[-1] == "onnx"  # served all along, then by its session
+    _, body = predict_logits(s, "auto-cold", x)
+    assert body["runtime"] == "torch"
+    status = s.client.get("/status").json()
+    assert status["tasks"] >= 1 and s.metric("pemn_cache_items", tier="onnx") == 1
