@@ -290,5 +290,5 @@ def test_a_burst_of_50_tasks_runs_as_one_batch_and_each_answer_is_its_task_alone
 
     _run(body)
     s = lane.stats()
-    assert s["batches"] == {"single": 0, "per_sample": 1, "per_task": 0}  # one batch for all 50
+    assert s["batches"] == {"single": 0, "per_sample": 1, "per_task": 0, "onnx": 0}  # one batch
     assert s["items"] == 10 and s["evictions"] == 40  # the hot tier held 10 at a time
