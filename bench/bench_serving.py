@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from bench._serving import (
     upload,
     write_dense_model,
 )
+from pemn.testing import ServerProcess
 
 NAME = "fashion"
 
@@ -47,6 +49,15 @@ def _logits(client, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def
     return np.array([o["logits"] for o in r.json()["outputs"]], np.float32)
 
 
+def _until_onnx(s: ServerProcess, x: np.ndarray, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = s.client.post("/predict", json={"model": NAME, "inputs": x[:1].tolist()})
+        if r.status_code == 200 and r.json()["runtime"] == "onnx":
+            return
+    raise RuntimeError(f"the auto runtime did not move {NAME} to ONNX in {timeout:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads in both servers")
@@ -55,6 +66,12 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip the pemn-serve ONNX column")
+    p.add_argument(
+        "--runtimes",
+        default="",
+        help="pemn-serve runtimes also measured beside the default, comma-separated "
+        "(torch, onnx, auto), each as a pemn-<runtime> column",
+    )
     p.add_argument(
         "--compare",
         default="",
@@ -83,14 +100,19 @@ def main() -> None:
                     root / f"store-{rev}", args.threads, code=checkout(rev), preload=NAME
                 )
                 upload(servers[name], NAME, data)
-            if not args.no_onnx:
-                servers["pemn-onnx"] = pemn_server(
-                    root / "store-onnx", args.threads, runtime="onnx", preload=NAME
+            extra = [r for r in args.runtimes.split(",") if r]
+            if not args.no_onnx and "onnx" not in extra:
+                extra.append("onnx")
+            for rt in extra:
+                servers[f"pemn-{rt}"] = pemn_server(
+                    root / f"store-{rt}", args.threads, runtime=rt, preload=NAME
                 )
-                upload(servers["pemn-onnx"], NAME, data)
+                upload(servers[f"pemn-{rt}"], NAME, data)
             ref = _logits(servers["baseline"].client, x)
             for name, s in servers.items():
                 got = _logits(s.client, x)  # also warms the task up
+                if name == "pemn-auto":  # until the hot task runs on its ONNX session
+                    _until_onnx(s, x)
                 err = float(np.abs(got - ref).max())
                 print(f"{name}: max |logits - baseline| = {err:.2e}", flush=True)
                 if err > 1e-4:

@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench._report import table, write_section
@@ -51,12 +52,22 @@ def _warm(s: ServerProcess, names: list[str], x: list) -> dict:  # type: ignore[
     return s.client.get("/status").json()  # type: ignore[no-any-return]
 
 
+def _until_onnx(s: ServerProcess, name: str, x: list, timeout: float = 180) -> None:  # type: ignore[type-arg]
+    """Runtime auto: keep task ``name`` hot until its ONNX session serves it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = s.client.post("/predict", json={"model": name, "inputs": x})
+        if r.status_code == 200 and r.json()["runtime"] == "onnx":
+            return
+    raise RuntimeError(f"{name} still not on its ONNX session after {timeout:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--hot", type=int, default=10, help="tasks the small materialized tier holds")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="torch")
     p.add_argument("--mixed", choices=["per_sample", "per_task"], default=None)
     p.add_argument("--device", default="cpu", help="the servers' PEMN_DEVICE")
     p.add_argument("--concurrency", default="1,16,64")
@@ -99,6 +110,8 @@ def main() -> None:
                 for i, name in enumerate(names):
                     upload(s, name, task_bundle(i))
                 status = _warm(s, names, x.tolist())
+                if args.runtime == "auto":
+                    _until_onnx(s, names[0], x.tolist())
                 assert status["packed_tasks"] == args.tasks and status["backbones"] == 1, status
                 print(
                     f"{label}: {status['packed_tasks']} packed, {status['tasks']} materialized "
