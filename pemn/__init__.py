@@ -1,7 +1,7 @@
 """pemn: the core library of pemn-serve (architectures, fixed-weight prototypes,
 mask learning; later the bundle format, stores, materialization and export).
 
-Depends on torch, numpy and safetensors only; never on the service.
+Depends on torch, numpy, safetensors, pydantic and Pillow (pemn.images); never on the service.
 """
 
 from pemn.archs import create_model, list_archs

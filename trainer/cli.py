@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pemn.archs import list_archs, parse_config_items
+from pemn.images import RESIZE_RULES
 from pemn.prototype import SCALES
 from trainer.config import ALL_STRATEGIES, TrainConfig
-from trainer.data import DATASETS
+from trainer.data import DATASETS, FOLDER_PREFIX
 from trainer.errors import ConfigError, TrainerError
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +40,14 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected numbers separated by commas, got {text!r}"
         ) from None
+
+
+def _dataset(text: str) -> str:
+    if text in DATASETS or text.startswith(FOLDER_PREFIX):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice {text!r}: choose one of {', '.join(DATASETS)} or folder:PATH"
+    )
 
 
 def _str_list(text: str) -> list[str]:
@@ -89,7 +98,40 @@ def _add_config_flags(p: argparse.ArgumentParser, single_run: bool) -> None:
     )
     g = p.add_argument_group("data")
     g.add_argument(
-        "--dataset", choices=DATASETS, default=d.dataset, help="dataset (default: %(default)s)"
+        "--dataset",
+        type=_dataset,
+        default=d.dataset,
+        metavar="{" + ",".join(DATASETS) + ",folder:PATH}",
+        help="dataset, or folder:PATH for your own images, one folder per class "
+        "(PATH/train/<class>/*.png and PATH/test/<class>/..., or PATH/<class>/...) "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="folder:PATH without train/ and test/: share of each class held out as the test "
+        "split (fixed seed) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="folder:PATH: resize images to N x N (default: the first training image's size)",
+    )
+    g.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="folder:PATH: 1 (greyscale) or 3 (RGB) (default: 1 when every image is greyscale)",
+    )
+    g.add_argument(
+        "--resize",
+        choices=RESIZE_RULES,
+        default=d.resize,
+        help="how images are fitted to the input size, recorded in the bundle for the server: "
+        "resize (whole image) or resize_crop (cover, then centre crop) (default: %(default)s)",
     )
     g.add_argument(
         "--data-dir",
@@ -215,6 +257,10 @@ def _config_from(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "val_size": args.val_size,
+        "val_fraction": args.val_fraction,
+        "image_size": args.image_size,
+        "channels": args.channels,
+        "resize": args.resize,
         "train_limit": args.train_limit,
         "test_limit": args.test_limit,
         "flip": flip,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pemn.archs import list_archs
+from pemn.images import RESIZE_RULES
 from pemn.prototype import SCALES, STRATEGIES, Strategy
 from trainer.data.datasets import DATASETS
 from trainer.errors import ConfigError
@@ -40,13 +41,22 @@ class TrainConfig:
     density: float = 0.5  # fraction of each layer's weights a mask keeps (the paper: 0.5)
     seed: int = 0  # seeds the fixed weights, score init, validation split, data order, augmentation
     # --- data ---
-    dataset: str = "fashion-mnist"  # fashion-mnist, mnist, cifar10, cifar100
+    dataset: str = "fashion-mnist"  # fashion-mnist, mnist, cifar10, cifar100, or folder:PATH
     data_dir: str | None = (
         None  # directory of the dataset files (default: per dataset, see trainer.data)
     )
     val_size: int = 0  # hold out this many training examples as a validation set (0 = none)
     train_limit: int | None = None  # use only the first N training examples (smoke tests)
     test_limit: int | None = None  # use only the first N test examples (smoke tests)
+    # folder:PATH datasets only (trainer/data/folder.py):
+    val_fraction: float = (
+        0.2  # one folder (no train/ and test/): this share per class is the test split
+    )
+    image_size: int | None = None  # images resized to N x N (None: the first training image's size)
+    channels: int | None = None  # 1 or 3 (None: 1 when every image is greyscale, else 3)
+    resize: str = (
+        "resize"  # resize (whole image) or resize_crop (cover, centre crop); in the bundle
+    )
     flip: bool = True  # random horizontal flips
     crop_pad: int = 0  # random crops after zero-padding each side by this many pixels (0 = off)
     # --- optimisation: AdamW, per-step piecewise-linear learning rate ---
@@ -118,9 +128,25 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(ALL_STRATEGIES)}"
             )
-        if self.dataset not in DATASETS:
+        folder = self.dataset.startswith("folder:")
+        if self.dataset not in DATASETS and not folder:
             raise ConfigError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)} "
+                "or folder:PATH"
+            )
+        if folder and not self.dataset[len("folder:") :].strip():
+            raise ConfigError("--dataset folder:PATH needs a path, e.g. folder:~/pictures")
+        if not folder and (self.image_size is not None or self.channels is not None):
+            raise ConfigError("--image-size and --channels apply to folder:PATH datasets only")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.image_size is not None and not 1 <= self.image_size <= 1024:
+            raise ConfigError(f"--image-size must be in [1, 1024], got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_RULES:
+            raise ConfigError(
+                f"unknown --resize {self.resize!r}; choose one of {', '.join(RESIZE_RULES)}"
             )
         if self.scale not in SCALES:
             raise ConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
