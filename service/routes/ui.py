@@ -21,9 +21,8 @@ _CSP = (
 router = APIRouter(tags=["web page"])
 
 
-@router.api_route(
-    "/ui", methods=["GET", "HEAD"], summary="The web page: models, try a picture, upload a bundle"
-)
+# Not in the OpenAPI schema: a page for people, not an API operation.
+@router.api_route("/ui", methods=["GET", "HEAD"], include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(
         UI_DIR / "index.html",
