@@ -15,6 +15,9 @@ status is checked; any non-200 counts as an error.
 
 prints one JSON object: requests, errors, seconds, throughput (requests/s),
 latency percentiles in ms (client side), and a sample of error bodies.
+
+``--body FILE --content-type TYPE`` sends that file as every request's body instead
+(e.g. a multipart form holding a PNG); ``--models`` and ``--inputs`` are then unused.
 """
 
 from __future__ import annotations
@@ -77,13 +80,15 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
 
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    inputs = Path(args.inputs).read_text()
-    extra = json.loads(args.extra)
-    bodies = _bodies(args.models.split(","), inputs, extra)
+    if args.body:
+        bodies = [Path(args.body).read_bytes()]
+    else:
+        inputs = Path(args.inputs).read_text()
+        bodies = _bodies(args.models.split(","), inputs, json.loads(args.extra))
     heads = [
         (
             f"POST {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n"
+            f"Content-Type: {args.content_type}\r\nContent-Length: {len(b)}\r\n\r\n"
         ).encode()
         for b in bodies
     ]
@@ -138,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench._loadgen", description=__doc__)
     p.add_argument("--url", required=True, help="server base URL")
     p.add_argument("--path", default="/predict")
-    p.add_argument("--models", required=True, help="comma-separated model names (round-robin)")
-    p.add_argument("--inputs", required=True, help="file holding the JSON of the inputs field")
+    p.add_argument("--models", default="", help="comma-separated model names (round-robin)")
+    p.add_argument("--inputs", default="", help="file holding the JSON of the inputs field")
+    p.add_argument("--body", default="", help="send this file as every body instead")
+    p.add_argument("--content-type", default="application/json", help="of every body")
     p.add_argument("--extra", default="{}", help="more JSON fields of every body")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")

@@ -227,10 +227,16 @@ def run_load(
     duration: float,
     warmup: float,
     extra: dict[str, Any] | None = None,
+    content_type: str | None = None,
 ) -> Load:
-    """Run ``bench._loadgen`` in its own process against ``url`` and parse its result."""
+    """Run ``bench._loadgen`` in its own process against ``url`` and parse its result.
+    With ``content_type``, ``inputs`` is a whole request body sent as is."""
     argv = [sys.executable, "-m", "bench._loadgen", "--url", url, "--models", ",".join(models)]
-    argv += ["--inputs", str(inputs), "--concurrency", str(concurrency)]
+    if content_type is not None:
+        argv += ["--body", str(inputs), "--content-type", content_type]
+    else:
+        argv += ["--inputs", str(inputs)]
+    argv += ["--concurrency", str(concurrency)]
     argv += ["--duration", str(duration), "--warmup", str(warmup)]
     argv += ["--extra", json.dumps(extra or {"top_k": 5})]
     out = subprocess.run(

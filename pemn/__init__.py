@@ -1,7 +1,7 @@
 """pemn: the core library of pemn-serve: architectures, fixed-weight prototypes, mask
 learning, the bundle format, stores, materialization and ONNX export.
 
-Depends on torch, numpy, safetensors and pydantic; never on the service. Importing
+Depends on torch, numpy, safetensors, pydantic and Pillow (pemn.images); never on the service. Importing
 ``pemn`` itself is light: the names below load their module on first use, so that
 the light modules (``pemn.store``, ``pemn.files``, ``pemn.retry``, ``pemn.content``,
 ``pemn.caches``) do not pull in torch.

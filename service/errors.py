@@ -31,15 +31,18 @@ from pemn.store import (
 
 __all__ = [
     "APIError",
+    "BadImage",
     "BadInput",
     "DeadlineExceeded",
     "DomainError",
+    "ImageTooLarge",
     "ModelNotFound",
     "NotReady",
     "Overloaded",
     "ShuttingDown",
     "TooManyItems",
     "Unservable",
+    "UnsupportedImage",
     "install_error_handlers",
 ]
 
@@ -72,6 +75,24 @@ class TooManyItems(DomainError):
     code = "request.too_many_items"
 
 
+class BadImage(BadInput):
+    """An image that cannot be decoded (corrupt, truncated) or used (its mode)."""
+
+    code = "image.unreadable"
+
+
+class ImageTooLarge(DomainError):
+    """An image over the encoded-size or pixel limits (decompression bombs)."""
+
+    code = "image.too_large"
+
+
+class UnsupportedImage(DomainError):
+    """A file that is not one of the image formats the server decodes."""
+
+    code = "image.unsupported_format"
+
+
 class Unservable(DomainError):
     """The stored bundle of a model cannot be built (e.g. its prototype digest does
     not match its backbone); only the requests for that model fail."""
@@ -99,6 +120,8 @@ _DOMAIN_STATUS: dict[type[DomainError], int] = {
     ModelNotFound: 404,
     BadInput: 422,
     TooManyItems: 413,
+    ImageTooLarge: 413,
+    UnsupportedImage: 415,
     Unservable: 422,
     Overloaded: 503,
     NotReady: 503,

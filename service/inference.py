@@ -12,8 +12,9 @@ Metrics are recorded either way. Errors are domain errors (``service.errors``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +39,12 @@ async def infer(
     endpoint: str,
     model: str,
     version: int | None,
-    decode: Callable[[ModelRecord], np.ndarray],
+    decode: Callable[[ModelRecord], np.ndarray | Awaitable[np.ndarray]],
     timeout_ms: float | None = None,
 ) -> Result:
     """``decode(record)`` turns the request's inputs into (b, C, H, W) float32 for the
-    resolved model, checking them against its input spec (it raises ``BadInput``)."""
+    resolved model, checking them against its input spec (it raises ``BadInput``);
+    it may be a coroutine function (images decode off the event loop)."""
     start = time.perf_counter()
     timeout_s = (timeout_ms or svc.settings.request_timeout_ms) / 1000
     status = 500
@@ -52,7 +54,8 @@ async def infer(
         if not svc.ready:
             raise NotReady(f"the server is not ready yet ({svc.status})")
         record = await registry.resolve(model, version)
-        x = decode(record)
+        decoded = decode(record)
+        x = await decoded if inspect.isawaitable(decoded) else decoded
         runtime = registry.runtime_for(record.name)
         try:
             task = await asyncio.wait_for(registry.task(record, runtime), timeout_s)

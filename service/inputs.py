@@ -132,7 +132,7 @@ def from_oip(
     dtype = _OIP_DTYPES.get(datatype)
     if dtype is None:
         raise BadInput(
-            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8)"
+            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8; BYTES for image files)"
         )
     if any(d < 0 for d in shape):
         raise BadInput(f"input shape {shape[:8]} has a negative dimension")
@@ -155,7 +155,7 @@ def from_oip_binary(
     dtype = _OIP_DTYPES.get(datatype)
     if dtype is None:
         raise BadInput(
-            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8)"
+            f"input datatype {datatype} is not supported (use FP32, FP64, FP16 or UINT8; BYTES for image files)"
         )
     if any(d < 0 for d in shape):
         raise BadInput(f"input shape {shape[:8]} has a negative dimension")

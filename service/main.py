@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.errors import install_error_handlers
-from service.routes import models, ops, predict, v2
+from service.routes import models, ops, predict, ui, v2
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(v2.router)
     app.include_router(ops.router)
+    app.include_router(ui.router)
+    ui.mount(app)
     _document_oip_schemas(app)
     return app
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ClassScore",
@@ -18,6 +18,7 @@ __all__ = [
     "ModelPublic",
     "ModelsPublic",
     "PredictItem",
+    "PredictOptions",
     "PredictRequest",
     "PredictResponse",
     "VersionPublic",
@@ -54,6 +55,14 @@ class ModelPublic(BaseModel):
     input_shape: list[int]
     labels: list[str]
     metrics: dict[str, Any]
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, description="how the bundle was made (the trainer's command, ...)"
+    )
+    input_resize: str = Field(
+        "resize",
+        description="how images are fitted to input_shape: resize (whole image) or resize_crop "
+        "(cover, then centre crop)",
+    )
     versions: list[VersionPublic] | None = None
     packed: bool = Field(
         False, description="its packed masks and norm state are resident on this server"
@@ -76,20 +85,42 @@ _PREDICT_EXAMPLE: dict[str, Any] = {
 }
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PREDICT_EXAMPLE]})
+class PredictOptions(BaseModel):
+    """What a predict request says besides its inputs (the plain fields of a
+    multipart request)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=128, description="model (task) name")
     version: int | None = Field(None, ge=1, description="a specific version; latest when absent")
-    inputs: list[Any] | str = Field(
-        description="(batch, C, H, W) or (C, H, W) pixels in the model's input range as nested lists, "
-        "or the base64 of a .npy file holding such an array (float32/float64, or uint8 scaled by 1/255)"
-    )
     top_k: int = Field(5, ge=1, description="classes returned per item")
     return_logits: bool = Field(False, description="also return the raw logits")
     timeout_ms: float | None = Field(
         None, gt=0, description="deadline for this request (server default otherwise)"
     )
+
+
+class PredictRequest(PredictOptions):
+    """A JSON predict request: tensors in ``inputs`` or encoded image files in ``images``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PREDICT_EXAMPLE]})
+
+    inputs: list[Any] | str | None = Field(
+        None,
+        description="(batch, C, H, W) or (C, H, W) pixels in the model's input range as nested lists, "
+        "or the base64 of a .npy file holding such an array (float32/float64, or uint8 scaled by 1/255)",
+    )
+    images: list[str] | None = Field(
+        None,
+        description="image files (PNG, JPEG, WebP, GIF) as base64 strings or data: URLs, one per "
+        "item; decoded, converted to the model's channels and resized to its input size",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PredictRequest:
+        if (self.inputs is None) == (self.images is None):
+            raise ValueError("give inputs (tensors) or images (base64 image files), exactly one")
+        return self
 
 
 class ClassScore(BaseModel):
@@ -99,6 +130,7 @@ class ClassScore(BaseModel):
 
 
 class PredictItem(BaseModel):
+    file: str | None = Field(None, description="multipart images: the file name of this item")
     top: list[ClassScore]
     logits: list[float] | None = None
 

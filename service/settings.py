@@ -105,6 +105,25 @@ class Settings(BaseSettings):
     )
     max_items_per_request: int = Field(1024, ge=1, description="largest batch one request may send")
     max_top_k: int = Field(100, ge=1)
+    # --- image inputs (POST /predict files or base64, OIP BYTES); see service/images.py
+    max_image_bytes: int = Field(
+        10 * 2**20, ge=1024, description="largest encoded image file (PNG, JPEG, WebP, GIF)"
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=89_478_485,  # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+        description="largest image, width x height, checked on its header before decoding",
+    )
+    max_request_image_pixels: int = Field(
+        100_000_000, ge=1, description="pixels of all the images of one request together"
+    )
+    max_images_per_request: int = Field(
+        64, ge=1, le=4096, description="images one request may send"
+    )
+    image_decode_threads: int = Field(
+        2, ge=1, le=64, description="threads decoding large images (each holds one image at a time)"
+    )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="models to materialize at startup ('*' for all), comma-separated",

@@ -14,6 +14,7 @@ import torch
 from pemn.devices import resolve_device
 from pemn.store import AsyncStore, NeedsMigration, StoreError, Unavailable, open_async_store
 from service.batching import Batcher
+from service.images import ImageDecoder, ImageLimits
 from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
@@ -32,6 +33,9 @@ class ServiceState:
             torch.set_num_threads(settings.inference_threads)
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="pemn-infer")
         self.load_pool = ThreadPoolExecutor(2, thread_name_prefix="pemn-load")
+        self.images = ImageDecoder(
+            ImageLimits.from_settings(settings), settings.image_decode_threads
+        )
         self.store: AsyncStore = open_async_store(settings.store_url)
         self.registry = Registry(
             self.store,
@@ -71,6 +75,7 @@ class ServiceState:
         await self.store.close()
         self.infer_pool.shutdown(wait=False, cancel_futures=True)
         self.load_pool.shutdown(wait=False, cancel_futures=True)
+        self.images.close()
 
     async def _startup(self) -> None:
         delay = 0.25

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pemn.bundle import InputSpec, read_bundle, write_bundle
+from pemn.images import PROVENANCE_KEY
 from pemn.masking import extract_masks, trained_state
 from pemn.materialize import materialize
 from trainer.config import TrainConfig
@@ -52,7 +53,8 @@ def bundle_bytes_and_accuracy(
             input_spec=input_spec(data),
             labels=list(data.train.classes),
             metrics=m,
-            provenance=provenance,
+            # the server's image preprocessing reads it (a field of `input` from format 1.1)
+            provenance={**provenance, PROVENANCE_KEY: cfg.resize},
         )
 
     first = read_bundle(write(metrics))

@@ -26,8 +26,10 @@ from pydantic import (
 )
 
 from pemn.archs import list_archs, parse_config_items
+from pemn.images import RESIZE_RULES
 from pemn.prototype import SCALES, STRATEGIES, Strategy
 from trainer.data.datasets import DATASETS
+from trainer.data.folder import FOLDER_PREFIX
 from trainer.errors import ConfigError
 
 __all__ = ["ALL_STRATEGIES", "GROUPS", "RUNTIME_FIELDS", "TrainConfig", "flag_name"]
@@ -97,7 +99,13 @@ class TrainConfig(BaseModel):
     density: float = _field(0.5, "fraction of weights each mask keeps", "model", gt=0, lt=1)
     seed: int = _field(0, "seed of fixed weights, scores, split, order, augmentation", "model")
     # --- data ---
-    dataset: str = _field("fashion-mnist", "dataset", "data", choices=list(DATASETS))
+    dataset: str = _field(
+        "fashion-mnist",
+        "dataset, or folder:PATH for your own images, one folder per class "
+        "(PATH/train/<class>/*.png and PATH/test/<class>/..., or PATH/<class>/...)",
+        "data",
+        metavar="{" + ",".join(DATASETS) + ",folder:PATH}",
+    )
     data_dir: str | None = _field(
         None,
         "directory of the dataset's files (default: per dataset; see trainer/data)",
@@ -107,6 +115,34 @@ class TrainConfig(BaseModel):
     val_size: int = _field(0, "training examples held out for validation", "data", ge=0)
     train_limit: int | None = _field(None, "use only the first N training examples", "data", ge=1)
     test_limit: int | None = _field(None, "use only the first N test examples", "data", ge=1)
+    val_fraction: float = _field(
+        0.2,
+        "folder:PATH without train/ and test/: share of each class held out as the test "
+        "split (fixed seed)",
+        "data",
+        gt=0,
+        lt=1,
+    )
+    image_size: int | None = _field(
+        None,
+        "folder:PATH: resize images to N x N (default: the first training image's size)",
+        "data",
+        ge=1,
+        le=1024,
+    )
+    channels: int | None = _field(
+        None,
+        "folder:PATH: 1 (greyscale) or 3 (RGB) (default: 1 when every image is greyscale)",
+        "data",
+        choices=[1, 3],
+    )
+    resize: str = _field(
+        "resize",
+        "how images are fitted to the input size, recorded in the bundle for the server: "
+        "resize (whole image) or resize_crop (cover, then centre crop)",
+        "data",
+        choices=list(RESIZE_RULES),
+    )
     flip: bool = _field(True, "random horizontal flips (default: on, except for mnist)", "data")
     crop_pad: int = _field(0, "random crops with this zero padding per side, 0 = off", "data", ge=0)
     # --- optimisation: AdamW, per-step piecewise-linear learning rate (trainer.schedule) ---
@@ -166,14 +202,31 @@ class TrainConfig(BaseModel):
             return parse_config_items(value)
         return value
 
-    @field_validator("arch", "strategy", "scale", "dataset")
+    @field_validator("dataset")
     @classmethod
-    def _known(cls, value: str, info: ValidationInfo) -> str:
+    def _dataset(cls, value: str) -> str:
+        if value.startswith(FOLDER_PREFIX):
+            if not value[len(FOLDER_PREFIX) :].strip():
+                raise ValueError("folder:PATH needs a path, e.g. folder:~/pictures")
+            return value
+        if value not in DATASETS:
+            raise ValueError(
+                f"unknown dataset {value!r}; choose one of {', '.join(DATASETS)} or folder:PATH"
+            )
+        return value
+
+    @field_validator("arch", "strategy", "scale", "resize", "channels")
+    @classmethod
+    def _known(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
         name = str(info.field_name)
         choices = _extra(name)["choices"]
         if value not in choices:
             what = "architecture" if name == "arch" else name
-            raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+            raise ValueError(
+                f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices))}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -185,6 +238,9 @@ class TrainConfig(BaseModel):
         self.pemn_strategy()  # the core checks seed, ratio and scale
         if not self.warmup <= self.decay_end:
             raise ValueError("need 0 <= --warmup <= --decay-end <= 1")
+        folder = self.dataset.startswith(FOLDER_PREFIX)
+        if not folder and (self.image_size is not None or self.channels is not None):
+            raise ValueError("--image-size and --channels apply to folder:PATH datasets only")
         return self
 
     @property

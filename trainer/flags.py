@@ -77,6 +77,8 @@ def add_config_flags(
             options["type"] = kind
             if "choices" in extra:
                 options["choices"] = extra["choices"]
+            if "metavar" in extra:
+                options["metavar"] = extra["metavar"]
         groups[str(extra["group"])].add_argument(*names, **options)
     return groups
 

@@ -22,7 +22,10 @@ from trainer.data import (
     DATASET_SHAPES,
     ImageSet,
     channel_stats,
+    folder_path,
+    folder_shape,
     load_dataset,
+    load_folder,
     split_validation,
 )
 from trainer.model import build_model, model_config
@@ -52,8 +55,20 @@ class RunData:
 def load_run_data(cfg: TrainConfig) -> RunData:
     """Load the datasets, hold out the validation split, compute normalisation stats."""
     directory = Path(cfg.data_dir) if cfg.data_dir else None
-    full = load_dataset(cfg.dataset, "train", directory, cfg.train_limit)
-    test = load_dataset(cfg.dataset, "test", directory, cfg.test_limit)
+    root = folder_path(cfg.dataset)
+    if root is not None:
+        full, test = load_folder(
+            root,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            resize=cfg.resize,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )
+        full, test = full.subset(slice(0, cfg.train_limit)), test.subset(slice(0, cfg.test_limit))
+    else:
+        full = load_dataset(cfg.dataset, "train", directory, cfg.train_limit)
+        test = load_dataset(cfg.dataset, "test", directory, cfg.test_limit)
     train, val = split_validation(full, cfg.val_size, cfg.seed)
     mean, std = channel_stats(train)
     return RunData(train, val, test, mean, std, model_config(cfg, train.shape, train.num_classes))
@@ -63,7 +78,11 @@ def preflight(cfg: TrainConfig) -> None:
     """The cheap checks, before any data is read (the config validated itself): the
     device, and that the architecture takes the dataset's image shape (one forward pass)."""
     resolve_device(cfg.device)
-    shape, num_classes = DATASET_SHAPES[cfg.dataset]
+    root = folder_path(cfg.dataset)
+    if root is not None:
+        shape, num_classes = folder_shape(root, cfg.image_size, cfg.channels)
+    else:
+        shape, num_classes = DATASET_SHAPES[cfg.dataset]
     build_model(cfg, model_config(cfg, shape, num_classes))
 
 

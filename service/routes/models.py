@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from pemn.images import DEFAULT_RESIZE, PROVENANCE_KEY
 from pemn.store import NameInfo
 from service.catalog import ModelRecord
 from service.deps import AdminDep, ServiceDep
@@ -104,6 +105,8 @@ def model_public(
         input_shape=list(record.input.shape),
         labels=list(record.labels),
         metrics=dict(record.metrics),
+        provenance=dict(record.provenance),
+        input_resize=str(record.provenance.get(PROVENANCE_KEY, DEFAULT_RESIZE)),
         versions=versions,
         packed=where["packed"],
         loaded=[{"version": record.version, **m} for m in where["materialized"]],

@@ -22,7 +22,9 @@ async def index(svc: ServiceDep) -> dict[str, Any]:
         "version": __version__,
         "ready": svc.ready,
         "models": len(svc.registry.catalog),
+        "api_key_required": svc.settings.api_key is not None,  # for POST/DELETE /models
         "docs": "/docs",
+        "ui": "/ui",
         "endpoints": ["/models", "/predict", "/v2", "/v2/health/ready", "/metrics", "/status"],
     }
 

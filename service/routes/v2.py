@@ -1,5 +1,7 @@
 """The Open Inference Protocol v2 REST endpoints (KServe / Triton convention), so
-existing OIP clients work unchanged."""
+existing OIP clients work unchanged. The ``input`` tensor is FP32/FP64/FP16/UINT8
+pixels, or ``BYTES`` holding one encoded image file per element (base64 strings in
+JSON; raw with the binary data extension, as ``tritonclient`` sends them)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from service import __version__
 from service.catalog import ModelRecord
 from service.deps import ServiceDep
 from service.errors import APIError, BadInput
+from service.image_inputs import from_oip_bytes
+from service.images import EncodedImage
 from service.inference import infer
 from service.inputs import from_oip, from_oip_binary, parse_json, read_body, top_k
 from service.schemas import (
@@ -59,6 +63,8 @@ def _metadata(svc: Any, record: ModelRecord, versions: list[int]) -> dict[str, A
             "labels": list(record.labels),
             "backbone": record.fingerprint,
             "architecture": record.arch,
+            # the same 'input' may instead be BYTES: encoded image files, shape [n]
+            "image_input": {"name": "input", "datatype": "BYTES", "shape": [-1]},
         },
     }
 
@@ -115,15 +121,23 @@ async def _read_request(request: Request, limit: int) -> tuple[InferRequest, byt
     return parse_json(InferRequest, head), binary
 
 
+def _binary_part(tensor: InferInput, binary: bytes) -> bytes | None:
+    """The tensor's binary data (the binary extension), or None for JSON ``data``."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise BadInput(f"binary_data_size {size!r} does not match the {len(binary)} bytes sent")
+    return binary
+
+
 def _input_array(
     tensor: InferInput, binary: bytes, record: ModelRecord, max_items: int
 ) -> np.ndarray:
-    size = (tensor.parameters or {}).get("binary_data_size")
-    if size is None:
+    raw = _binary_part(tensor, binary)
+    if raw is None:
         return from_oip(tensor.shape, tensor.datatype, tensor.data or [], record, max_items)
-    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
-        raise BadInput(f"binary_data_size {size!r} does not match the {len(binary)} bytes sent")
-    return from_oip_binary(tensor.shape, tensor.datatype, binary, record, max_items)
+    return from_oip_binary(tensor.shape, tensor.datatype, raw, record, max_items)
 
 
 async def _infer(name: str, version: int | None, request: Request, svc: Any) -> Response:
@@ -146,8 +160,14 @@ async def _infer(name: str, version: int | None, request: Request, svc: Any) -> 
                 f"unknown output {o.name!r}; model {name!r} gives {', '.join(_OUTPUTS)}",
             )
     max_items = svc.settings.max_items_per_request
+    images: list[EncodedImage] | None = None
+    if tensor.datatype == "BYTES":
+        raw = _binary_part(tensor, binary)
+        images = from_oip_bytes(tensor.shape, tensor.data, raw, svc.images.limits)
 
-    def decode(record: ModelRecord) -> np.ndarray:
+    async def decode(record: ModelRecord) -> np.ndarray:
+        if images is not None:
+            return await svc.images.decode(images, record)
         return _input_array(tensor, binary, record, max_items)
 
     result = await infer(svc, "v2_infer", name, version, decode)

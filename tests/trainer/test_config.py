@@ -23,6 +23,8 @@ FLAGS = {
     "--lr-floor": "0.05", "--device": "auto", "--threads": None, "--amp": "on",
     "--channels-last": "on", "--eval-batch-size": "1000", "--log-every": "50",
     "--checkpoint-every": "0",
+    # folder:PATH datasets (issue 15)
+    "--val-fraction": "0.2", "--image-size": None, "--channels": None, "--resize": "resize",
 }  # fmt: skip
 
 
