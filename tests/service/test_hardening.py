@@ -297,3 +297,68 @@ def test_answers_carry_a_request_id(hard: ServerProcess) -> None:
     assert r.headers["x-request-id"] == "client-id.42"
     r = hard.client.get("/v2/health/live", headers={"X-Request-ID": "bad id\twith spaces"})
     assert r.headers["x-request-id"] != "bad id\twith spaces"
+
+
+_BOOM_SERVER = """
+import sys, uvicorn
+from service.main import create_app
+from service.settings import Settings
+app = create_app(Settings(_env_file=None, store_url=sys.argv[2]))
+
+@app.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("a bug in a route")
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info")
+"""
+
+
+def test_an_unexpected_error_is_one_traceback_with_the_request_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The real app (its middleware and handlers) plus one route with a bug, served by
+    uvicorn: the 500 names a request id, and the log holds exactly one traceback,
+    on the line naming that id (neither Starlette nor uvicorn logs it again)."""
+    import subprocess
+    import sys
+
+    from tests.servers import free_port
+    from tests.service.server import ROOT
+
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOM_SERVER, str(port), str(tmp_path / "store")],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        r = httpx.get(url + "/boom", headers={"X-Request-ID": "boom-1"})
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "internal server error; the failure was logged as request boom-1",
+            "code": "internal",
+            "request_id": "boom-1",
+        }
+        assert r.headers["x-request-id"] == "boom-1"
+        assert httpx.get(url + "/v2/health/live").status_code == 200  # still serving
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    text = log_path.read_text()
+    assert text.count("Traceback") == 1, text
+    assert "unexpected error on GET /boom (request boom-1)" in text
+    assert "RuntimeError: a bug in a route" in text
+    assert "Exception in ASGI application" not in text
