@@ -6,7 +6,7 @@
 # (build time, image size, cold start to ready); exits non-zero at the first failure.
 #
 #   deploy/check-image.sh                      # Docker Hub and PyPI reachable
-#   PEMN_BUILD_ARGS="--network host --build-arg PYTHON_IMAGE=... --build-arg PIP_INDEX_URL=..." \
+#   IMAGE_BUILD_ARGS="--network host --build-arg PYTHON_IMAGE=... --build-arg PIP_INDEX_URL=..." \
 #   REDIS_IMAGE=... deploy/check-image.sh      # stand-ins (deploy/stand-ins.sh prints these)
 #
 # Checks: a bare `docker run` refuses to start without a key (exit 78, one line);
@@ -18,10 +18,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 IMAGE=${PEMN_IMAGE:-pemn-serve:cpu}
-PROJECT=${PEMN_CHECK_PROJECT:-pemn-check-$$}
-PORT=${PEMN_CHECK_PORT:-18080}
+PROJECT=${CHECK_PROJECT:-pemn-check-$$}
+PORT=${CHECK_PORT:-18080}
 KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
-read -r -a BUILD_ARGS <<<"${PEMN_BUILD_ARGS:-}"
+read -r -a BUILD_ARGS <<<"${IMAGE_BUILD_ARGS:-}"
 
 if ! docker info >/dev/null 2>&1; then
   echo "skip: no container engine answers (docker info)"; exit 77

@@ -57,6 +57,6 @@ if ! curl -sf "http://127.0.0.1:$PORT/simple/torch/" >/dev/null; then
   sleep 1
 fi
 cat <<EOF
-export PEMN_BUILD_ARGS="--network host --build-arg PYTHON_IMAGE=pemn-local/python:3.11-bookworm --build-arg PIP_INDEX_URL=http://127.0.0.1:$PORT/simple --build-arg TORCH_CPU_INDEX=http://127.0.0.1:$PORT/simple"
+export IMAGE_BUILD_ARGS="--network host --build-arg PYTHON_IMAGE=pemn-local/python:3.11-bookworm --build-arg PIP_INDEX_URL=http://127.0.0.1:$PORT/simple --build-arg TORCH_CPU_INDEX=http://127.0.0.1:$PORT/simple"
 export REDIS_IMAGE=pemn-local/redis:7-bookworm
 EOF

@@ -3,7 +3,7 @@
 Marked ``container``: it builds the CPU image and runs compose (minutes, gigabytes),
 so it runs only where ``docker info`` answers and Compose v2 is found, and is
 skipped elsewhere (CI has no engine). Builders without Docker Hub or the PyTorch
-index pass their stand-ins in the environment (``PEMN_BUILD_ARGS``, ``REDIS_IMAGE``:
+index pass their stand-ins in the environment (``IMAGE_BUILD_ARGS``, ``REDIS_IMAGE``:
 deploy/stand-ins.sh prints them). The script's own static checks stay in
 test_dockerfile.py and test_compose.py.
 """
