@@ -362,3 +362,27 @@ def test_an_unexpected_error_is_one_traceback_with_the_request_id(tmp_path) -> N
     assert "unexpected error on GET /boom (request boom-1)" in text
     assert "RuntimeError: a bug in a route" in text
     assert "Exception in ASGI application" not in text
+
+
+def test_the_h11_parser_gets_the_same_connection_limits(start_server, redis_store: str) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(
+        store_url=redis_store,
+        api_key=API_KEY,
+        http_parser="h11",
+        header_timeout_s="1",
+        max_header_bytes="8192",
+    )
+    big = _connect(port=server.port)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        big.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
+    assert _read_all(big).startswith(b"HTTP/1.1 431 ")
+    big.close()
+    slow = _connect(port=server.port)
+    slow.sendall(b"GET / HTTP/1.1\r\n")
+    assert _read_all(slow).startswith(b"HTTP/1.1 408 ")
+    slow.close()
+    assert upload(server, "h11-mlp", make_bundle(mask_seed=6)).status_code == 201
+    with httpx.Client(base_url=server.url) as c:  # keep-alive: several requests, one connection
+        for _ in range(3):
+            r = c.post("/predict", json={"model": "h11-mlp", "inputs": images(2).tolist()})
+            assert r.status_code == 200, r.text
