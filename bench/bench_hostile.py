@@ -16,7 +16,8 @@ all attack traffic comes from 127.0.0.1 and stops at the phase's end:
 * ``slow-headers``: 200 connections sending one header line a second;
 * ``big-headers``: 10 clients, each sending requests with a 64 MB header, again
   and again;
-* ``idle-half``: 1,100 connections that send half a request's headers and stop.
+* ``idle-half``: 1,100 connections that send half a request's headers and stop;
+* ``chunked-bodies``: 45 clients each sending a 31 MiB chunked body, then waiting.
 
 Throughout, a separate client (127.0.0.2, a new connection per request) sends a
 prediction every 0.2 s; its answers within 1 s, its median and worst latency, and
@@ -210,7 +211,65 @@ def idle_half(port: int, stop: threading.Event, out: dict[str, object]) -> None:
         s.close()
 
 
-ATTACKS = {"slow-headers": slow_headers, "big-headers": big_headers, "idle-half": idle_half}
+class _Answered(Exception):
+    pass
+
+
+def chunked_bodies(port: int, stop: threading.Event, out: dict[str, object]) -> None:
+    """45 clients, each sending a chunked /predict body of up to 32 MiB (1 MiB chunks,
+    then holding it open): without a global budget the server holds 45 x 32 MiB."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    chunk = b"%x\r\n" % 2**20 + b" " * 2**20 + b"\r\n"
+
+    def client() -> None:
+        outcome = "held to the end"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(
+                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                try:
+                    for _ in range(31):
+                        if stop.is_set():
+                            break
+                        s.sendall(chunk)
+                except OSError:  # refused mid-body: read the answer if it arrived
+                    s.settimeout(1)
+                    answer = s.recv(64)
+                    outcome = answer[9:12].decode() if answer.startswith(b"HTTP/") else "reset"
+                    raise _Answered from None
+                s.setblocking(False)
+                while not stop.wait(0.2):
+                    try:
+                        answer = s.recv(64)
+                    except BlockingIOError:
+                        continue
+                    outcome = answer[9:12].decode() if answer.startswith(b"HTTP/") else "closed"
+                    break
+        except _Answered:
+            pass
+        except OSError:
+            outcome = "reset"
+        with lock:
+            counts[outcome] = counts.get(outcome, 0) + 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(45)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(30)
+    out["attack"] = "clients: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
+ATTACKS = {
+    "slow-headers": slow_headers,
+    "big-headers": big_headers,
+    "idle-half": idle_half,
+    "chunked-bodies": chunked_bodies,
+}
 
 
 # ---------------------------------------------------------------- one phase
@@ -267,12 +326,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=14.0, help="length of each phase")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--phases", default=",".join(["quiet", *ATTACKS]), help="comma-separated subset")
     args = p.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker's 1,100 sockets
     key = {"PEMN_API_KEY": "bench-key-0123456789abcdef"}
     servers = [
-        Server("stock", ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"], key),
+        # stock: also without the app's body budget and deadline (as before issue 14)
+        Server(
+            "stock",
+            ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"],
+            key | {"PEMN_BODY_BUDGET_BYTES": str(2**40), "PEMN_BODY_TIMEOUT_S": "3600"},
+        ),
         Server("guarded", ["-m", "service", "--host", "127.0.0.1"], key),
         Server(
             "guarded-h11",
@@ -282,7 +347,7 @@ def main() -> None:
     ]
     rows = []
     try:
-        for attack in ["quiet", *ATTACKS]:
+        for attack in args.phases.split(","):
             for server in servers:
                 if server.name == "guarded-h11" and attack != "quiet":
                     continue
@@ -321,9 +386,10 @@ def main() -> None:
 Each phase {args.seconds:g} s; every server limited to {FD_LIMIT} open files (as in
 the issue's report). The probe is a separate client (127.0.0.2) sending one
 prediction every 0.2 s over a new connection; the attacks come from 127.0.0.1.
-`stock` is `uvicorn service.main:app` (uvicorn's defaults), `guarded` is
-`python -m service` with its defaults (64 KiB headers, 10 s header deadline,
-2,048 connections (here lowered to fit 1,024 files), 256 per client),
+`stock` is `uvicorn service.main:app` (uvicorn's defaults; no body budget, no body
+deadline), `guarded` is `python -m service` with its defaults (64 KiB headers, 10 s
+header deadline, 2,048 connections (here lowered to fit 1,024 files), 256 per
+client, 256 MiB of bodies in flight, 30 s body deadline),
 `guarded-h11` the same over h11, measured without attack to choose the parser.
 
 {body}
