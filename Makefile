@@ -6,6 +6,7 @@
 #   make bench-serving  only the serving benchmarks (HTTP load, task swap, cold task, runtimes, memory, batching, materialize)
 #   make compose-config  validate the compose files with Compose v2 itself (no engine needed)
 #   make image / image-gpu / up   build the images, docker compose up (needs a container engine)
+#   make check-image  build the CPU image and check it with compose (deploy/check-image.sh)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ PIP_TORCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data serve test test-fast lint bench bench-serving compose-config deploy-check image image-gpu up clean
+.PHONY: setup data serve test test-fast lint bench bench-serving compose-config deploy-check image image-gpu up check-image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,7 @@ compose-config: setup
 	$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")') \
 	  --env-file .env.example -f docker-compose.yml -f docker-compose.gpu.yml --profile s3 config -q
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile.gpu
 
 deploy-check: setup
 	$(BIN)/python -m pytest tests/deploy -q
@@ -68,10 +70,13 @@ image:
 	docker build -t pemn-serve:cpu .
 
 image-gpu:
-	docker build --target gpu -t pemn-serve:gpu .
+	docker build -f Dockerfile.gpu -t pemn-serve:gpu .
 
 up:
 	docker compose up --build
+
+check-image:
+	deploy/check-image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

@@ -1,4 +1,15 @@
-"""``python -m service``: run the API with uvicorn. Flags override ``PEMN_*`` settings."""
+"""``python -m service``: run the API with uvicorn. Flags override ``PEMN_*`` settings.
+
+uvicorn runs with the connection limits of ``service.connections`` (connection
+caps, header size and header deadline; its parser chosen by ``PEMN_HTTP_PARSER``)
+and its own keep-alive timeout; ``service.limits`` bounds the bodies. Why these
+means and not another server or a proxy: docs/operations.md, "Hostile clients".
+
+Exit codes: 0 after a normal shutdown; ``EXIT_CONFIG`` (78, ``EX_CONFIG`` of
+sysexits.h) when the settings are refused, printed as one line per problem with
+no traceback (the compose file and the manifests do not restart on it in a loop);
+3 when uvicorn's startup fails.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,12 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from service.connections import ConnectionLimits, guarded_protocol, raise_fd_limit
 from service.settings import Settings
+
+__all__ = ["EXIT_CONFIG", "main"]
+
+EXIT_CONFIG = 78
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             print(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    limits = ConnectionLimits(
+        max_connections=raise_fd_limit(settings.max_connections),
+        max_connections_per_client=settings.max_connections_per_client,
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+    )
     uvicorn.run(
         "service.main:app",
         host=settings.host,
@@ -47,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",
+        http=guarded_protocol(limits, settings.http_parser),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        backlog=min(2048, limits.max_connections),
     )
     return 0
 

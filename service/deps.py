@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import given_key, is_authenticated
 from service.errors import APIError
 from service.state import ServiceState
 
@@ -27,18 +27,14 @@ async def require_api_key(request: Request, svc: ServiceDep) -> None:
     """When ``PEMN_API_KEY`` is set, model changes need it as ``X-API-Key`` or a bearer token."""
     if svc.settings.api_key is None:
         return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if not given:
+    if given_key(request) is None:
         raise APIError(
             401,
             "auth.missing_key",
             "this endpoint needs an API key (X-API-Key header or bearer token)",
             {"WWW-Authenticate": "Bearer"},
         )
-    if not secrets.compare_digest(given.encode(), svc.settings.api_key.get_secret_value().encode()):
+    if not is_authenticated(request, svc.settings):
         raise APIError(
             401, "auth.invalid_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"}
         )

@@ -5,7 +5,9 @@ Every 4xx/5xx body is ``{"error": <one sentence>, "code": <stable code>}``. The
 catalog, the caches, the batcher and the runtimes raise ``DomainError``
 subclasses, which know nothing of HTTP; ``_DOMAIN_STATUS`` maps them to a status.
 Routes raise ``APIError`` for what only HTTP knows (headers, bodies). Anything else
-is logged with its context and answered with a generic 500.
+is logged once, with a traceback and the request id, and answered with a generic
+500 by ``service.context.RequestContext``. Store errors name the store's address
+only to authenticated callers (``service.auth``, ``service.redact``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pemn.store import (
     TooLarge,
     Unavailable,
 )
+from service.auth import is_authenticated
 
 __all__ = [
     "APIError",
@@ -72,6 +75,8 @@ class BadInput(DomainError):
 
 
 class TooManyItems(DomainError):
+    """More items (or values: ``service.bounds``) than one request may send."""
+
     code = "request.too_many_items"
 
 
@@ -168,6 +173,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "request.invalid", f"{where}: {first.get('msg', 'invalid value')}"
 
 
+def _store_text(request: Request, exc: StoreError) -> str:
+    """The error's sentence; the store's address hidden unless the caller has the key."""
+    svc = getattr(request.app.state, "service", None)
+    if svc is None or is_authenticated(request, svc.settings):
+        return str(exc)
+    return str(svc.store_address.hide(str(exc)))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> JSONResponse:
@@ -186,21 +199,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        text = _store_text(request, exc)
         if isinstance(exc, TooLarge):
-            return _body(413, exc.code, str(exc))
+            return _body(413, exc.code, text)
         if isinstance(exc, InvalidBundle):
-            return _body(422, getattr(exc, "bundle_code", None) or exc.code, str(exc))
+            return _body(422, getattr(exc, "bundle_code", None) or exc.code, text)
         if isinstance(exc, InvalidName):
-            return _body(422, exc.code, str(exc))
+            return _body(422, exc.code, text)
         if isinstance(exc, NotFound):
-            return _body(404, exc.code, str(exc))
+            return _body(404, exc.code, text)
         if isinstance(exc, PreconditionFailed):
-            return _body(412, exc.code, str(exc))
+            return _body(412, exc.code, text)
         if isinstance(exc, Unavailable | NeedsMigration):  # a deadline too: try again later
-            return _body(503, exc.code, str(exc), {"Retry-After": "1"})
+            return _body(503, exc.code, text, {"Retry-After": "1"})
         # Corrupt (stored bytes fail their check) or a store bug: logged, a 500.
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
-        return _body(500, exc.code, str(exc))
+        log.error(
+            "store failure on %s %s (request %s): %s",
+            request.method,
+            request.url.path,
+            getattr(request.state, "request_id", "-"),
+            exc,
+        )
+        return _body(500, exc.code, text)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -216,8 +236,3 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
             message = f"{message.lower()}: {request.method} {request.url.path}"
         return _body(exc.status_code, code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _body(500, "internal", "internal server error; the failure was logged")

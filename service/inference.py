@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.catalog import ModelRecord
-from service.errors import DeadlineExceeded, DomainError, NotReady, domain_status
+from service.errors import BadInput, DeadlineExceeded, DomainError, NotReady, domain_status
 from service.runtimes import OnnxRunner
 from service.state import ServiceState
 
@@ -46,11 +46,14 @@ async def infer(
     resolved model, checking them against its input spec (it raises ``BadInput``);
     it may be a coroutine function (images decode off the event loop)."""
     start = time.perf_counter()
+    limit = svc.settings.max_request_timeout_ms
     timeout_s = (timeout_ms or svc.settings.request_timeout_ms) / 1000
     status = 500
     registry = svc.registry
     label = svc.metrics.model_label(model) if model in registry.catalog else "_unknown"
     try:
+        if timeout_ms is not None and not 0 < timeout_ms <= limit:
+            raise BadInput(f"timeout_ms {timeout_ms:g} is not within (0, {limit:g}] ms")
         if not svc.ready:
             raise NotReady(f"the server is not ready yet ({svc.status})")
         record = await registry.resolve(model, version)

@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import __version__
+from service.context import RequestContext
 from service.errors import install_error_handlers
+from service.limits import BodyLimits
 from service.routes import models, ops, predict, ui, v2
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -46,6 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="pemn-serve", version=__version__, description=_DESCRIPTION, lifespan=lifespan
     )
     install_error_handlers(app)
+    # Outermost last: the request id wraps everything, the body budget the routes.
+    app.add_middleware(
+        BodyLimits, budget_bytes=settings.body_budget_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(RequestContext)
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(v2.router)

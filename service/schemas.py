@@ -96,7 +96,11 @@ class PredictOptions(BaseModel):
     top_k: int = Field(5, ge=1, description="classes returned per item")
     return_logits: bool = Field(False, description="also return the raw logits")
     timeout_ms: float | None = Field(
-        None, gt=0, description="deadline for this request (server default otherwise)"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="deadline for this request (server default otherwise; at most "
+        "PEMN_MAX_REQUEST_TIMEOUT_MS)",
     )
 
 

@@ -43,6 +43,49 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         32 * 2**20, ge=1024, description="largest accepted predict/infer body"
     )
+    # Connection limits (service/connections.py, service/limits.py; docs/operations.md).
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="connections open at once; one more is answered 503 and closed at once "
+        "(lowered to fit the open-file limit, which startup raises to its hard limit)",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        ge=0,
+        description="connections open at once from one client address (0: no such cap; "
+        "raise it behind a proxy that shows every client as one address)",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=2**24, description="request line and headers (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="time from a connection's first byte (or its opening) to the end of "
+        "the request's headers (408 and close beyond)",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="time to receive a whole request body once the server reads it "
+        "(408 and close beyond)",
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="idle keep-alive connections are closed after this"
+    )
+    body_budget_bytes: int = Field(
+        256 * 2**20,
+        ge=1024,
+        description="request-body bytes all requests together may hold in memory; a request "
+        "that would exceed it is answered 503 with Retry-After (N clients cannot hold N x "
+        "max_request_bytes)",
+    )
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools", description="uvicorn's HTTP/1.1 parser (both get the limits above)"
+    )
     cache_bytes: int = Field(
         1 << 30,
         ge=0,
@@ -102,6 +145,12 @@ class Settings(BaseSettings):
     )
     request_timeout_ms: float = Field(
         30_000, gt=0, description="per-request deadline (504 when exceeded)"
+    )
+    max_request_timeout_ms: float = Field(
+        120_000,
+        gt=0,
+        allow_inf_nan=False,
+        description="largest timeout_ms a request may ask for (422 beyond it)",
     )
     max_items_per_request: int = Field(1024, ge=1, description="largest batch one request may send")
     max_top_k: int = Field(100, ge=1)
@@ -179,6 +228,17 @@ class Settings(BaseSettings):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
         return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> Settings:
+        largest = max(self.max_request_bytes, self.max_upload_bytes)
+        if self.body_budget_bytes < largest:
+            raise ValueError(
+                f"PEMN_BODY_BUDGET_BYTES ({self.body_budget_bytes}) is smaller than the largest "
+                f"body one request may send ({largest}, PEMN_MAX_REQUEST_BYTES / "
+                "PEMN_MAX_UPLOAD_BYTES)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:

@@ -1,27 +1,39 @@
 """The service's long-lived state: store, registry, batcher, metrics, executors,
 and the background work that keeps it ready (startup sync with backoff, bundle
-preloading, following the store's change notifications)."""
+preloading, following the store's change notifications).
+
+Startup never hangs silently: every failed attempt to sync the store (whatever the
+error: unreachable, refused commands, a wrong password, a store that needs
+migrating, a bug) is logged with its message, shown in ``status`` (the store's
+address hidden: ``status`` is public; ``status_detail`` is for the log and for
+authenticated callers) and retried with capped exponential backoff."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
 from pemn.devices import resolve_device
-from pemn.store import AsyncStore, NeedsMigration, StoreError, Unavailable, open_async_store
+from pemn.store import AsyncStore, NeedsMigration, StoreError, open_async_store
 from service.batching import Batcher
 from service.images import ImageDecoder, ImageLimits
 from service.metrics import Metrics
+from service.redact import StoreAddress
 from service.registry import Registry
 from service.settings import Settings
 
 __all__ = ["ServiceState"]
 
 log = logging.getLogger("service")
+
+_BACKOFF_FIRST_S = 0.25
+_BACKOFF_MAX_S = 10.0
 
 
 class ServiceState:
@@ -37,6 +49,7 @@ class ServiceState:
             ImageLimits.from_settings(settings), settings.image_decode_threads
         )
         self.store: AsyncStore = open_async_store(settings.store_url)
+        self.store_address = StoreAddress(settings.store_url)
         self.registry = Registry(
             self.store,
             device=self.device,
@@ -59,12 +72,29 @@ class ServiceState:
             max_queue=settings.max_queue,
         )
         self.ready = False
-        self.status = "starting"
+        self.status_detail = "starting"
         self.started_at = time.time()
         self._background: list[asyncio.Task[None]] = []
 
+    @property
+    def status(self) -> str:
+        """The state for anyone: ``status_detail`` without the store's address."""
+        return self.store_address.hide(self.status_detail)
+
     async def start(self) -> None:
-        self._background.append(asyncio.create_task(self._startup(), name="pemn-startup"))
+        self._spawn(self._startup(), "pemn-startup")
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._crashed)
+        self._background.append(task)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.status_detail = f"error: background task {task.get_name()} failed: {exc}"
+        log.error("%s", self.status_detail, exc_info=exc)
 
     async def stop(self) -> None:
         self.ready = False
@@ -78,32 +108,46 @@ class ServiceState:
         self.images.close()
 
     async def _startup(self) -> None:
-        delay = 0.25
-        while True:
-            try:
-                await self.registry.sync()
-                break
-            except NeedsMigration as exc:  # a deployment error: say so, stay unready
-                self.status = f"error: {exc}"
-                log.error("%s", exc)
-                return
-            except Unavailable as exc:
-                self.status = f"waiting for the store: {exc}"
-                log.warning("store not reachable yet (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self._sync_with_backoff()
         if self.settings.preload_dir is not None:
             await self._upload_dir()
-        self._background.append(asyncio.create_task(self._follow(), name="pemn-watch"))
+        self._spawn(self._follow(), "pemn-watch")
         await self._preload()
         self.ready = True
-        self.status = "ready"
+        self.status_detail = "ready"
         log.info(
             "ready on %s: %d models from %s",
             self.device,
             len(self.registry.catalog),
             self.store.url,
         )
+
+    async def _sync_with_backoff(self) -> None:
+        """The first store sync, retried until it succeeds: 0.25 s doubling to 10 s,
+        with jitter. Each failure is logged and shown in ``status``."""
+        delay = _BACKOFF_FIRST_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.registry.sync()
+                if attempt > 1:
+                    log.info("store answered after %d attempts", attempt)
+                return
+            except StoreError as exc:
+                what = "needs migrating" if isinstance(exc, NeedsMigration) else "not usable"
+                self.status_detail = f"waiting for the store (attempt {attempt}): {exc}"
+                level = logging.ERROR if isinstance(exc, NeedsMigration) else logging.WARNING
+                log.log(
+                    level, "store %s (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay
+                )
+            except Exception as exc:  # a bug or an unmapped client error: say so, keep trying
+                self.status_detail = (
+                    f"waiting for the store (attempt {attempt}): {type(exc).__name__}: {exc}"
+                )
+                log.exception("store sync failed (attempt %d); retrying in %.1fs", attempt, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, _BACKOFF_MAX_S)
 
     async def _upload_dir(self) -> None:
         directory = self.settings.preload_dir

@@ -57,10 +57,10 @@ class Stage:
         return found[-1]
 
 
-def global_args() -> dict[str, str]:
+def global_args(file: str = "Dockerfile") -> dict[str, str]:
     """``ARG NAME=default`` lines before the first ``FROM``."""
     out: dict[str, str] = {}
-    for c in dockerfile.parse_file(str(ROOT / "Dockerfile")):
+    for c in dockerfile.parse_file(str(ROOT / file)):
         if c.cmd == "FROM":
             break
         if c.cmd == "ARG":
@@ -69,10 +69,10 @@ def global_args() -> dict[str, str]:
     return out
 
 
-def stages() -> list[Stage]:
-    """The Dockerfile's stages in order (the last one is the default build target)."""
+def stages(file: str = "Dockerfile") -> list[Stage]:
+    """A Dockerfile's stages in order (the last one is the default build target)."""
     out: list[Stage] = []
-    for c in dockerfile.parse_file(str(ROOT / "Dockerfile")):
+    for c in dockerfile.parse_file(str(ROOT / file)):
         if c.cmd == "FROM":
             value = list(c.value)
             assert len(value) == 3 and value[1].upper() == "AS", f"unnamed stage: {c.original}"

