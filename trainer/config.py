@@ -40,6 +40,7 @@ GROUPS = {
     "model": "model",
     "data": "data",
     "optim": "optimisation (AdamW, warm-up / linear decay per step)",
+    "distill": "distillation (a dense teacher's logits as a second target; training only)",
     "system": "system",
 }
 
@@ -159,6 +160,23 @@ class TrainConfig(BaseModel):
     lr_floor: float = _field(
         0.05, "lr at --decay-end relative to lr-max, then linear to 0", "optim", ge=0, le=1
     )
+    label_smoothing: float = _field(
+        0.0, "label smoothing of the labels' cross-entropy", "optim", ge=0, lt=1
+    )
+    # --- distillation (trainer.teacher) ---
+    teacher: str | None = _field(
+        None,
+        "dense model file written by this trainer (--strategy dense --out x.safetensors) "
+        "on the same dataset; the student also learns its softened logits",
+        "distill",
+        metavar="FILE",
+    )
+    distill_weight: float = _field(
+        0.9, "weight of the teacher's term (1 - this for the labels')", "distill", ge=0, le=1
+    )
+    distill_temperature: float = _field(
+        4.0, "temperature softening both logits", "distill", gt=0, le=100
+    )
     # --- system (runtime=True: may change on resume) ---
     device: str = _field(
         "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N", "system", runtime=True
@@ -239,6 +257,8 @@ class TrainConfig(BaseModel):
         if not self.warmup <= self.decay_end:
             raise ValueError("need 0 <= --warmup <= --decay-end <= 1")
         folder = self.dataset.startswith(FOLDER_PREFIX)
+        if self.teacher is not None and not self.teacher.strip():
+            raise ValueError("--teacher needs a file")
         if not folder and (self.image_size is not None or self.channels is not None):
             raise ValueError("--image-size and --channels apply to folder:PATH datasets only")
         return self

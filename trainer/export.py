@@ -16,16 +16,12 @@ of the written file, agreement with the score model).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from pemn.archs import create_model
 from pemn.normalize import Normalize
 from trainer.bundling import bundle_bytes_and_accuracy
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -34,25 +30,12 @@ from trainer.errors import CheckpointError
 from trainer.io import atomic_write_bytes, atomic_write_json
 from trainer.model import build_model
 from trainer.run import load_run_data, predict, read_result
+from trainer.teacher import DENSE_FORMAT, dense_bytes, read_dense
 
 __all__ = ["BUNDLE_NAME", "DENSE_NAME", "export_run"]
 
 BUNDLE_NAME = "bundle.pemn"
 DENSE_NAME = "dense.safetensors"
-_DENSE_FORMAT = "pemn-trainer-dense/1"
-
-
-def _dense_bytes(model: torch.nn.Module, manifest: dict[str, Any]) -> bytes:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return st_save(tensors, metadata={"manifest": json.dumps(manifest)})
-
-
-def _read_dense(data: bytes) -> torch.nn.Module:
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    manifest = json.loads(header["__metadata__"]["manifest"])
-    model = create_model(manifest["arch"], **manifest["config"])
-    model.load_state_dict(st_load(data), strict=True)
-    return model.eval()
 
 
 def export_run(
@@ -74,6 +57,9 @@ def export_run(
     if state.epoch != cfg.epochs:
         raise CheckpointError(f"the checkpoint in {run_dir} is not the final one")
     model.eval()
+    provenance = dict(provenance or {})
+    if result.get("teacher"):  # which teacher (the command names its path)
+        provenance["teacher_sha256"] = result["teacher"]["sha256"][:16]
     device = torch.device("cpu")
     normalize = Normalize(data.mean, data.std, device)
     score_pred = predict(model, data.test, device, cfg.eval_batch_size, normalize)
@@ -88,23 +74,21 @@ def export_run(
         metrics["val_accuracy"] = result["val_accuracy"]
     if cfg.dense:
         manifest = {
-            "format": _DENSE_FORMAT,
+            "format": DENSE_FORMAT,
             "arch": cfg.arch,
             "config": data.arch_config,
             "input": result["input"],
             "labels": result["classes"],
             "metrics": metrics,
-            "provenance": provenance or {},
+            "provenance": provenance,
         }
-        first = _dense_bytes(model, manifest)
-        pred = predict(_read_dense(first), data.test, device, cfg.eval_batch_size, normalize)
+        first = dense_bytes(model, manifest)
+        pred = predict(read_dense(first)[0], data.test, device, cfg.eval_batch_size, normalize)
         accuracy = float((pred == data.test.labels).double().mean())
         manifest["metrics"] = {**metrics, "test_accuracy": accuracy}
-        blob = _dense_bytes(model, manifest)
+        blob = dense_bytes(model, manifest)
     else:
-        blob, accuracy, pred = bundle_bytes_and_accuracy(
-            cfg, model, data, metrics, provenance or {}
-        )
+        blob, accuracy, pred = bundle_bytes_and_accuracy(cfg, model, data, metrics, provenance)
     atomic_write_bytes(out, blob)
     agree = float((pred == score_pred).double().mean())
     record = {

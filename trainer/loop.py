@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -48,6 +47,7 @@ from trainer.model import build_model, trainable_parameters
 from trainer.run import RunData, accuracy, load_run_data, predict, preflight
 from trainer.schedule import lr_at
 from trainer.state import RunState, Tally
+from trainer.teacher import Teacher, distill_loss, load_teacher
 
 __all__ = ["Interrupted", "train"]
 
@@ -100,6 +100,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     log: MetricsLog
+    teacher: Teacher | None  # --teacher: distillation (trainer.teacher)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -182,6 +183,9 @@ def _build(cfg: TrainConfig, run_dir: Path, resume: bool) -> _Run:
         steps_per_epoch=spe,
         total_steps=spe * cfg.epochs,
         log=MetricsLog(run_dir / "metrics.jsonl"),
+        teacher=None
+        if cfg.teacher is None
+        else load_teacher(cfg.teacher, device, list(data.train.classes)),
     )
 
 
@@ -275,13 +279,23 @@ def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float
     ``y`` (B,); returns (mean loss, correct predictions)."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    x = run.normalize(x.to(run.device, non_blocking=True))  # (B, C, H, W)
-    if run.cfg.channels_last:
+    cfg = run.cfg
+    pixels = x.to(run.device, non_blocking=True)  # (B, C, H, W) in [0, 1], augmented
+    x = run.normalize(pixels)
+    if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = y.to(run.device, non_blocking=True)  # (B,)
     with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        soft = None if run.teacher is None else run.teacher.logits(pixels, cfg.channels_last)
         logits = run.model(x)  # (B, num_classes)
-        loss = F.cross_entropy(logits, y)
+        loss = distill_loss(
+            logits,
+            y,
+            soft,
+            weight=cfg.distill_weight,
+            temperature=cfg.distill_temperature,
+            label_smoothing=cfg.label_smoothing,
+        )
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -359,6 +373,7 @@ def _finish(run: _Run, state: RunState) -> dict[str, Any]:
         "val_accuracy": last["val_accuracy"],
         "seconds_per_epoch": sum(e["seconds"] for e in state.epochs) / cfg.epochs,
         "epochs": state.epochs,
+        "teacher": None if run.teacher is None else run.teacher.record,
     }
     atomic_write_json(run.run_dir / "result.json", result)
     return result

@@ -29,6 +29,7 @@ from trainer.data import (
     split_validation,
 )
 from trainer.model import build_model, model_config
+from trainer.teacher import teacher_manifest
 
 __all__ = [
     "RunData",
@@ -84,6 +85,8 @@ def preflight(cfg: TrainConfig) -> None:
     else:
         shape, num_classes = DATASET_SHAPES[cfg.dataset]
     build_model(cfg, model_config(cfg, shape, num_classes))
+    if cfg.teacher is not None:
+        teacher_manifest(cfg.teacher, shape, num_classes)
 
 
 @torch.no_grad()

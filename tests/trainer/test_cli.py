@@ -2,6 +2,7 @@
 (one clear sentence, non-zero exit, no traceback, nothing left at --out)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_dense_run_prints_config_and_writes_its_file(tmp_path):
         "train", *TINY, "--strategy", "dense", "--out", str(out), "--run-dir", str(tmp_path / "run")
     )
     assert proc.returncode == 0, proc.stderr
-    assert "resolved config:" in proc.stdout and 'strategy         = "dense"' in proc.stdout
+    assert "resolved config:" in proc.stdout
+    assert re.search(r"\n  strategy +\= \"dense\"\n", proc.stdout), proc.stdout
     assert out.stat().st_size > 0 and (tmp_path / "run" / "metrics.jsonl").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 

@@ -25,6 +25,9 @@ FLAGS = {
     "--checkpoint-every": "0",
     # folder:PATH datasets (issue 15)
     "--val-fraction": "0.2", "--image-size": None, "--channels": None, "--resize": "resize",
+    # distillation and label smoothing (issue 16)
+    "--label-smoothing": "0.0", "--teacher": None, "--distill-weight": "0.9",
+    "--distill-temperature": "4.0",
 }  # fmt: skip
 
 

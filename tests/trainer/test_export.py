@@ -13,10 +13,11 @@ from pemn.normalize import Normalize
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainer.config import TrainConfig
 from trainer.errors import CheckpointError, OutputError
-from trainer.export import _read_dense, export_run
+from trainer.export import export_run
 from trainer.loop import Interrupted, train
 from trainer.model import build_model
 from trainer.run import load_run_data
+from trainer.teacher import read_dense
 
 pytestmark = pytest.mark.data
 
@@ -89,7 +90,7 @@ def test_dense_file_reads_back_into_the_trained_network(tmp_path):
     train(cfg, tmp_path / "run", progress=False, echo=_quiet)
     record = export_run(tmp_path / "run", tmp_path / "dense.safetensors", echo=_quiet)
     model, data = _score_model(cfg, tmp_path / "run")
-    again = _read_dense((tmp_path / "dense.safetensors").read_bytes())
+    again, _ = read_dense((tmp_path / "dense.safetensors").read_bytes())
     x = Normalize(data.mean, data.std, torch.device("cpu"))(data.test.pixels(slice(0, 64)))
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
