@@ -40,10 +40,10 @@ serve: setup
 	$(BIN)/python -m service --preload-dir examples/bundles
 
 test: setup data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

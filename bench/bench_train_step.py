@@ -1,6 +1,8 @@
 """Time per training step: every PEMN strategy vs the dense baseline, same
 architecture, batch and process, plus the share of a masked step spent in top-k
-mask selection. Writes the ``train_step`` section of docs/benchmarks.md.
+mask selection, and the cost of distillation (``rp 1e-2 + teacher``: the dense
+network's forward pass in eval mode without gradients on the same batch, and the
+distillation loss, as ``--teacher`` does in the trainer). Writes the ``train_step`` section of docs/benchmarks.md.
 
     python -m bench.bench_train_step [--width 128 --depth 4 --batch 128 --threads 2]
 
@@ -30,6 +32,7 @@ from pemn.archs import create_model
 from pemn.layers import layer_specs
 from pemn.masking import MaskedConv2d, MaskedLinear, to_masked, topk_mask
 from pemn.prototype import Strategy, generate
+from trainer.teacher import distill_loss
 
 STRATEGIES = [
     ("dense", None),
@@ -63,9 +66,12 @@ def _model(args: argparse.Namespace, strategy: Strategy | None) -> torch.nn.Modu
 
 
 class _Stepper:
-    def __init__(self, model: torch.nn.Module, batch: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, batch: int, teacher: torch.nn.Module | None = None
+    ) -> None:
         g = torch.Generator().manual_seed(0)
         self.model = model
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.x = torch.randn(batch, 1, 28, 28, generator=g).contiguous(
             memory_format=torch.channels_last
         )
@@ -75,7 +81,12 @@ class _Stepper:
 
     def step(self) -> float:
         t = time.perf_counter()
-        loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.teacher is None:
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        else:
+            with torch.no_grad():
+                soft = self.teacher(self.x)
+            loss = distill_loss(self.model(self.x), self.y, soft, weight=0.9, temperature=4.0)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -107,6 +118,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     steppers = {label: _Stepper(_model(args, s), args.batch) for label, s in STRATEGIES}
+    steppers["rp 1e-2 + teacher"] = _Stepper(
+        _model(args, Strategy("rp", ratio=1e-2)), args.batch, teacher=_model(args, None)
+    )
     for s in steppers.values():  # warm-up: allocator, oneDNN primitives
         s.step()
         s.step()

@@ -85,8 +85,11 @@ class RedisBackend(Backend):
         except (RedisError, OSError, TimeoutError, EOFError) as exc:
             # Pooled connections to a server that went away are all dead: drop the
             # idle ones now, so that the next calls connect afresh.
-            with contextlib.suppress(Exception):
-                await self._client.connection_pool.disconnect(inuse_connections=False)
+            with contextlib.suppress(Exception):  # bounded: a dead link may not close
+                await asyncio.wait_for(
+                    self._client.connection_pool.disconnect(inuse_connections=False),
+                    _CLOSE_TIMEOUT,
+                )
             why = str(exc) or type(exc).__name__
             raise Unavailable(f"Redis not reachable: {why}", store=self.display, key=key) from exc
 
@@ -138,7 +141,10 @@ class RedisBackend(Backend):
         return _RedisHint(self._client, self.channel, self.display)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        # bounded like the pub/sub close below: a connection whose link died mid-read
+        # can keep the pool's lock; closing the store must not hang on it
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._client.aclose(), 2 * _CLOSE_TIMEOUT)
 
 
 _CLOSE_TIMEOUT = 1.0  # seconds a pub/sub connection may take to close
