@@ -70,9 +70,12 @@ def main() -> None:
                     "forward": lambda bb=bb, x=x, w=weights: bb.forward(x, w),
                 },
                 reps,
+                device,
             )
             module_us = _medians(
-                {"module": lambda bb=bb, b=bundle: bb.task(b, verify=False)}, max(10, reps // 10)
+                {"module": lambda bb=bb, b=bundle: bb.task(b, verify=False)},
+                max(10, reps // 10),
+                device,
             )
         rows.append(
             [

@@ -92,7 +92,9 @@ def main() -> None:
 
         servers = {"baseline": BaselineServer(root / "dense", args.threads, [NAME])}
         try:
-            servers["pemn"] = pemn_server(root / "store", args.threads, preload=NAME)
+            servers["pemn"] = pemn_server(
+                root / "store", args.threads, runtime="torch", preload=NAME
+            )
             upload(servers["pemn"], NAME, data)
             for rev in filter(None, args.compare.split(",")):
                 name = f"pemn@{rev}"
@@ -220,7 +222,7 @@ def main() -> None:
 Model: {MODEL}. One image per request as nested JSON lists (`x.tolist()`), top-5
 answer. Servers: `baseline` (`bench/baseline_server.py`: the same network loaded
 from a dense safetensors checkpoint, run per request in a plain `def` endpoint, i.e.
-FastAPI's threadpool); `pemn` (pemn-serve, this tree, default torch runtime);
+FastAPI's threadpool); `pemn` (pemn-serve, this tree, torch runtime);
 {"".join(f"`{n}` (pemn-serve as of that revision); " for n in servers if "@" in n)}{"`pemn-onnx` (this tree with `PEMN_RUNTIME=onnx`); " if "pemn-onnx" in servers else ""}all at once on loopback,
 torch (and ONNX Runtime) pinned to {args.threads} intra-op thread(s) in each, outputs
 checked equal (|diff| <= 1e-4) before measuring. Load: `bench/_loadgen.py` in its own
@@ -232,7 +234,7 @@ Errors (non-200): {errors}. Load average (1/5/15 min) during the runs: from
 
 {table(header, rows)}
 
-Goals (pemn-serve with its default torch runtime vs the baseline):
+Goals (pemn-serve with its torch runtime vs the baseline; on the CPU the default runtime is auto, column `pemn-auto` when measured):
 {goal_text}
 
 Throughput vs the baseline, by concurrency:

@@ -104,12 +104,20 @@ class Settings(BaseSettings):
         "per-sample weights, or one forward per task (default: per the device)",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    runtime: Literal["torch", "onnx", "auto"] = Field(
-        "torch",
+    runtime: Literal["torch", "onnx", "auto"] | None = Field(
+        None,
         description="default runtime for every model: torch (the backbone's network), onnx "
         "(an ONNX Runtime session per task), auto (torch, and an ONNX Runtime session for "
-        "each task hot enough to sustain PEMN_ONNX_HOT_RATE requests per second)",
+        "each task hot enough to sustain PEMN_ONNX_HOT_RATE requests per second); unset: "
+        "auto on the CPU (measured faster there: docs/benchmarks.md, Serving), torch on a GPU",
     )
+
+    def runtime_for(self, device_type: str) -> str:
+        """The default runtime on a device of this type (``cpu``, ``cuda``)."""
+        if self.runtime is not None:
+            return self.runtime
+        return "auto" if device_type == "cpu" else "torch"
+
     runtime_overrides: Annotated[dict[str, Literal["torch", "onnx", "auto"]], NoDecode] = Field(
         default_factory=dict, description="per-model runtime, e.g. 'fashion=onnx,mnist=torch'"
     )

@@ -57,7 +57,7 @@ class ServiceState:
             packed_bytes=settings.packed_bytes,
             mixed_mode=settings.mixed_batches,
             onnx_hot_rate=settings.onnx_hot_rate,
-            default_runtime=settings.runtime,
+            default_runtime=settings.runtime_for(self.device.type),
             runtime_overrides=dict(settings.runtime_overrides),
             metrics=self.metrics,
             load_executor=self.load_pool,

@@ -103,8 +103,10 @@ class HttpProcess:
 
 class ServerProcess(HttpProcess):
     """``python -m service`` with its own ``PEMN_*`` environment (the caller's
-    ``PEMN_*`` variables are dropped): logging at info, one inference thread unless
-    ``env`` says otherwise."""
+    ``PEMN_*`` variables are dropped): logging at info, one inference thread and the
+    torch runtime unless ``env`` says otherwise (the service's default on the CPU is
+    ``auto``, which builds ONNX sessions in the background for busy tasks: tests and
+    benchmarks that want it ask for it)."""
 
     def __init__(self, env: dict[str, str], *, wait: bool = True, timeout: float = 90.0) -> None:
         port = free_port()
@@ -113,6 +115,7 @@ class ServerProcess(HttpProcess):
             {
                 "PEMN_LOG_LEVEL": "info",
                 "PEMN_INFERENCE_THREADS": "1",
+                "PEMN_RUNTIME": "torch",
                 "PYTHONPATH": str(ROOT),
                 **env,
             }

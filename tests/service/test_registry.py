@@ -132,3 +132,15 @@ def test_channels_last_setting_reaches_the_lane(tmp_path):
         assert seen == {True: True, False: False}
 
     asyncio.run(run())
+
+
+def test_default_runtime_is_auto_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
+    from service.settings import Settings
+
+    monkeypatch.delenv("PEMN_RUNTIME", raising=False)
+    unset = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert unset.runtime is None
+    assert (unset.runtime_for("cpu"), unset.runtime_for("cuda")) == ("auto", "torch")
+    monkeypatch.setenv("PEMN_RUNTIME", "onnx")
+    chosen = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (chosen.runtime_for("cpu"), chosen.runtime_for("cuda")) == ("onnx", "onnx")
