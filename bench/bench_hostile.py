@@ -35,18 +35,18 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from bench._report import table, write_section
-from pemn.testing import free_port
+from pemn.testing import HttpProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "examples" / "bundles"
@@ -55,43 +55,36 @@ PROBE_FROM = "127.0.0.2"
 BIG = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 * 2**20) + b"\r\n\r\n"
 
 
-class Server:
+def _limit_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+class Server(HttpProcess):
+    """One server under test (``argv``: the module and its options), on the example
+    bundles, a private directory store and at most ``FD_LIMIT`` open files."""
+
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
-        self.port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix=f"pemn-hostile-{name}-")
-        self.log = open(Path(self.dir.name) / "server.log", "wb")  # noqa: SIM115
+        self.store = tempfile.TemporaryDirectory(prefix=f"pemn-hostile-{name}-")
+        port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("PEMN_")}
         full |= {
             "PYTHONPATH": str(ROOT),
-            "PEMN_STORE_URL": str(Path(self.dir.name) / "store"),
+            "PEMN_STORE_URL": str(Path(self.store.name) / "store"),
             "PEMN_PRELOAD_DIR": str(BUNDLES),
             "PEMN_PRELOAD": "*",
             "PEMN_INFERENCE_THREADS": "1",
             "PEMN_LOG_LEVEL": "warning",
             **env,
         }
-
-        def limit_fds() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
-
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv, "--port", str(self.port)],
-            env=full,
-            cwd=self.dir.name,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit_fds,
+        super().__init__(
+            [sys.executable, *argv, "--port", str(port)],
+            full,
+            port=port,
+            ready_path="/v2/health/ready",
+            timeout=120,
+            preexec_fn=_limit_fds,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, f"{name} exited"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, f"{name} not ready"
-            time.sleep(0.2)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -100,14 +93,8 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        self.dir.cleanup()
+        super().stop()
+        self.store.cleanup()
 
 
 # ---------------------------------------------------------------- attacks
@@ -121,6 +108,19 @@ def _is_closed(s: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def _crowd(
+    client: Callable[[], None], n: int, stop: threading.Event, counts: dict[str, int]
+) -> str:
+    """Runs ``client`` in ``n`` threads until ``stop``; the outcomes they counted."""
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(30)
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
 def slow_headers(port: int, stop: threading.Event, out: dict[str, object]) -> None:
@@ -171,13 +171,7 @@ def big_headers(port: int, stop: threading.Event, out: dict[str, object]) -> Non
             with lock:
                 counts[outcome] = counts.get(outcome, 0) + 1
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(10)]
-    for t in threads:
-        t.start()
-    stop.wait()
-    for t in threads:
-        t.join(30)
-    out["attack"] = "requests: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    out["attack"] = "requests: " + _crowd(client, 10, stop, counts)
 
 
 def idle_half(port: int, stop: threading.Event, out: dict[str, object]) -> None:
@@ -249,13 +243,7 @@ def chunked_bodies(port: int, stop: threading.Event, out: dict[str, object]) -> 
         with lock:
             counts[outcome] = counts.get(outcome, 0) + 1
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(45)]
-    for t in threads:
-        t.start()
-    stop.wait()
-    for t in threads:
-        t.join(30)
-    out["attack"] = "clients: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    out["attack"] = "clients: " + _crowd(client, 45, stop, counts)
 
 
 ATTACKS = {

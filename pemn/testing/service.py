@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ CLUSTER_API_KEY = "scale-out-key-0123456789"
 
 class HttpProcess:
     """A process answering HTTP on loopback port ``port``, its output in a log file;
-    ready once ``GET ready_path`` answers 200. ``stop()`` ends it."""
+    ready once ``GET ready_path`` answers 200. ``stop()`` ends it. ``preexec_fn`` runs
+    in the child before it starts (e.g. to lower its resource limits)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class HttpProcess:
         wait: bool = True,
         timeout: float = 90.0,
         client_timeout: float = 30.0,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -63,6 +65,7 @@ class HttpProcess:
             cwd=self._dir.name if cwd is None else cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         self.client = httpx.Client(base_url=self.url, timeout=client_timeout)
         if wait:
