@@ -259,7 +259,14 @@ class Registry:
         runner = await self._in_pool(
             OnnxRunner.build, backbone, packed, self._threads, self._onnx_graphs
         )
-        self.metrics.materialize_time.labels("onnx").observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.materialize_time.labels("onnx").observe(seconds)
+        log.info(
+            "built ONNX session of task %s (backbone %s) in %.2f s",
+            packed.content_id[:19],
+            backbone.arch,
+            seconds,
+        )
         return runner
 
     async def backbone(self, bundle: Bundle) -> Backbone:

@@ -128,3 +128,6 @@ def test_runtime_auto_gives_a_hot_task_its_onnx_session_and_keeps_the_rest_on_to
     assert body["runtime"] == "torch"
     status = s.client.get("/status").json()
     assert status["tasks"] >= 1 and s.metric("pemn_cache_items", tier="onnx") == 1
+    hot_id = s.client.get("/models/auto-hot").json()["content_id"]
+    built = [line for line in s.log().splitlines() if "built ONNX session of task" in line]
+    assert len(built) == 1 and hot_id[:19] in built[0]  # the background cost, in the log
