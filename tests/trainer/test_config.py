@@ -26,7 +26,7 @@ FLAGS = {
     # folder:PATH datasets (issue 15)
     "--val-fraction": "0.2", "--image-size": None, "--channels": None, "--resize": "resize",
     # distillation and label smoothing (issue 16)
-    "--label-smoothing": "0.0", "--teacher": None, "--distill-weight": "0.9",
+    "--label-smoothing": "0.0", "--teacher": None, "--distill-weight": "0.5",
     "--distill-temperature": "4.0",
 }  # fmt: skip
 
