@@ -85,6 +85,22 @@ def test_bundle_predicts_what_the_score_model_predicts(tmp_path, kw):
     assert json.loads((tmp_path / "run" / "export.json").read_text()) == record
 
 
+@pytest.mark.parametrize("eval_batch", [1000, 128], ids=["default-batch", "batch-128"])
+def test_manifest_metrics_hold_what_a_remeasurement_needs(tmp_path, eval_batch):
+    """The bundle's metrics: its own accuracy and what re-measuring it takes (dataset,
+    test examples, evaluation batch when not the default), not the training-side
+    score-model accuracy, which export.json keeps."""
+    cfg = _cfg(eval_batch_size=eval_batch)
+    train(cfg, tmp_path / "run", progress=False, echo=_quiet)
+    record = export_run(tmp_path / "run", tmp_path / "m.pemn", echo=_quiet)
+    metrics = read_bundle((tmp_path / "m.pemn").read_bytes()).manifest.metrics
+    expected = {"dataset", "test_examples", "epochs", "test_accuracy"}
+    assert set(metrics) == (expected if eval_batch == 1000 else expected | {"eval_batch_size"})
+    assert metrics.get("eval_batch_size", 1000) == eval_batch
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["score_model_test_accuracy"] == result["test_accuracy"]
+
+
 def test_dense_file_reads_back_into_the_trained_network(tmp_path):
     cfg = _cfg(strategy="dense", ratio=None)
     train(cfg, tmp_path / "run", progress=False, echo=_quiet)
