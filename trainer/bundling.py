@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pemn.bundle import InputSpec, read_bundle, write_bundle
-from pemn.images import PROVENANCE_KEY
+from pemn.images import DEFAULT_RESIZE, PROVENANCE_KEY
 from pemn.masking import extract_masks, trained_state
 from pemn.materialize import materialize
 from trainer.config import TrainConfig
@@ -42,6 +42,9 @@ def bundle_bytes_and_accuracy(
     masks = extract_masks(model)
     trained = trained_state(model)
 
+    # the server's image preprocessing reads the resize rule; the default is not recorded
+    resize = {} if cfg.resize == DEFAULT_RESIZE else {PROVENANCE_KEY: cfg.resize}
+
     def write(m: dict[str, Any]) -> bytes:
         return write_bundle(
             arch=cfg.arch,
@@ -53,8 +56,7 @@ def bundle_bytes_and_accuracy(
             input_spec=input_spec(data),
             labels=list(data.train.classes),
             metrics=m,
-            # the server's image preprocessing reads it (a field of `input` from format 1.1)
-            provenance={**provenance, PROVENANCE_KEY: cfg.resize},
+            provenance=provenance | resize,
         )
 
     first = read_bundle(write(metrics))

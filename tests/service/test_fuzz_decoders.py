@@ -159,7 +159,14 @@ def test_no_server_error_over_http(  # type: ignore[no-untyped-def]
     c: httpx.Client = fuzz_server.client
     tensor: dict[str, object] = {"name": "input", "shape": shape, "datatype": datatype}
     if binary is None:
-        r = c.post("/v2/models/fuzz/infer", json={"inputs": [{**tensor, "data": data}]})
+        # encoded here, not by httpx (which refuses non-finite floats): a client can send
+        # the non-standard tokens NaN and Infinity, and the server must answer them
+        body = json.dumps({"inputs": [{**tensor, "data": data}]})
+        r = c.post(
+            "/v2/models/fuzz/infer",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
     else:
         head = json.dumps(
             {"inputs": [{**tensor, "parameters": {"binary_data_size": len(binary)}}]}

@@ -93,7 +93,9 @@ def test_manifest_metrics_hold_what_a_remeasurement_needs(tmp_path, eval_batch):
     cfg = _cfg(eval_batch_size=eval_batch)
     train(cfg, tmp_path / "run", progress=False, echo=_quiet)
     record = export_run(tmp_path / "run", tmp_path / "m.pemn", echo=_quiet)
-    metrics = read_bundle((tmp_path / "m.pemn").read_bytes()).manifest.metrics
+    manifest = read_bundle((tmp_path / "m.pemn").read_bytes()).manifest
+    metrics = manifest.metrics
+    assert "input_resize" not in manifest.provenance  # the default rule is not recorded
     expected = {"dataset", "test_examples", "epochs", "test_accuracy"}
     assert set(metrics) == (expected if eval_batch == 1000 else expected | {"eval_batch_size"})
     assert metrics.get("eval_batch_size", 1000) == eval_batch
