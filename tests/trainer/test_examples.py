@@ -13,6 +13,7 @@ import torch
 from pemn.bundle import read_bundle
 from pemn.materialize import materialize
 from trainer.data import load_dataset
+from trainer.export import DEFAULT_EVAL_BATCH_SIZE
 from trainer.run import predict
 
 pytestmark = pytest.mark.data
@@ -37,7 +38,7 @@ def test_example_accuracy_matches_its_manifest(path):
     # a missing dataset fails here with the command that installs it (`make data`)
     test = load_dataset(str(metrics["dataset"]), "test", limit=int(metrics["test_examples"]))
     net = materialize(bundle, device="cpu")
-    batch = int(metrics.get("eval_batch_size", 1000))
+    batch = int(metrics.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE))
     pred = predict(net, test, torch.device("cpu"), batch)
     accuracy = float((pred == test.labels).double().mean())
     assert accuracy == metrics["test_accuracy"], (accuracy, metrics["test_accuracy"])

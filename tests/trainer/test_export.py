@@ -13,7 +13,7 @@ from pemn.normalize import Normalize
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainer.config import TrainConfig
 from trainer.errors import CheckpointError, OutputError
-from trainer.export import export_run
+from trainer.export import DEFAULT_EVAL_BATCH_SIZE, export_run
 from trainer.loop import Interrupted, train
 from trainer.model import build_model
 from trainer.run import load_run_data
@@ -85,7 +85,9 @@ def test_bundle_predicts_what_the_score_model_predicts(tmp_path, kw):
     assert json.loads((tmp_path / "run" / "export.json").read_text()) == record
 
 
-@pytest.mark.parametrize("eval_batch", [1000, 128], ids=["default-batch", "batch-128"])
+@pytest.mark.parametrize(
+    "eval_batch", [DEFAULT_EVAL_BATCH_SIZE, 128], ids=["default-batch", "batch-128"]
+)
 def test_manifest_metrics_hold_what_a_remeasurement_needs(tmp_path, eval_batch):
     """The bundle's metrics: its own accuracy and what re-measuring it takes (dataset,
     test examples, evaluation batch when not the default), not the training-side
@@ -97,8 +99,10 @@ def test_manifest_metrics_hold_what_a_remeasurement_needs(tmp_path, eval_batch):
     metrics = manifest.metrics
     assert "input_resize" not in manifest.provenance  # the default rule is not recorded
     expected = {"dataset", "test_examples", "epochs", "test_accuracy"}
-    assert set(metrics) == (expected if eval_batch == 1000 else expected | {"eval_batch_size"})
-    assert metrics.get("eval_batch_size", 1000) == eval_batch
+    assert set(metrics) == (
+        expected if eval_batch == DEFAULT_EVAL_BATCH_SIZE else expected | {"eval_batch_size"}
+    )
+    assert metrics.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE) == eval_batch
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["score_model_test_accuracy"] == result["test_accuracy"]
 
