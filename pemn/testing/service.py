@@ -33,6 +33,8 @@ __all__ = ["CLUSTER_API_KEY", "Cluster", "ConvergenceTimeout", "HttpProcess", "S
 # the directory holding the packages pemn and service (a checkout or site-packages)
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_API_KEY = "scale-out-key-0123456789"
+# more than any test runs at once (the widest burst is 50 threads)
+CLIENT_CONNECTIONS = 128
 
 
 class HttpProcess:
@@ -67,7 +69,18 @@ class HttpProcess:
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
         )
-        self.client = httpx.Client(base_url=self.url, timeout=client_timeout)
+        # Tests share this client across up to ~50 threads. httpcore 1.0.9's pool can
+        # close a keep-alive connection it has already handed to a waiting thread when
+        # idle connections outnumber max_keepalive_connections (default 20): the thread
+        # then reads a closed socket ("Bad file descriptor"; encode/httpcore#1110).
+        # Keeping every connection alive up to the connection limit never takes that path.
+        self.client = httpx.Client(
+            base_url=self.url,
+            timeout=client_timeout,
+            limits=httpx.Limits(
+                max_connections=CLIENT_CONNECTIONS, max_keepalive_connections=CLIENT_CONNECTIONS
+            ),
+        )
         if wait:
             self.wait_ready(timeout)
 
