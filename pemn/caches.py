@@ -13,6 +13,8 @@ cache          key                                 value (filled by)
 ``digests``    backbone fingerprint                prototype digest (pemn.bundle.reader)
 ``cpu_parts``  (arch, canonical config JSON)       derived buffers (e.g. ViT positions)
                                                    of the architecture (pemn.materialize)
+``reuse``      (arch, canonical config JSON)       uses of each weight per sample
+                                                   (pemn.materialize.arch_weight_reuse)
 =============  ==================================  ====================================
 """
 
@@ -78,6 +80,7 @@ class CoreCaches:
         self.trees: LRU[Any] = LRU(8)
         self.digests: LRU[str] = LRU(4096)
         self.cpu_parts: LRU[Any] = LRU(16)
+        self.reuse: LRU[float] = LRU(64)
 
     def all(self) -> dict[str, LRU[Any]]:
         return {k: v for k, v in vars(self).items() if isinstance(v, LRU)}

@@ -28,6 +28,7 @@ storage order, then the input mean and std per channel.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from pemn.bundle.spec import (
     canonical_json,
     fingerprint,
     mask_offsets,
+    meta_model,
 )
 from pemn.caches import CACHES
 from pemn.devices import resolve_device
@@ -160,8 +162,7 @@ def _derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
 
 def _make_derived_buffers(arch: str, config_json: str) -> dict[str, torch.Tensor]:
     config = json.loads(config_json)
-    with torch.device("meta"):
-        meta = create_model(arch, **config)
+    meta = meta_model(arch, config)  # shared: only read here
     names = [
         f"{mn}.{leaf}" if mn else leaf
         for mn, m in meta.named_modules()
@@ -259,9 +260,7 @@ class Backbone:
         """The backbone's one network: the architecture's module tree (built on the
         meta device) with its layers converted to read task weights, and the derived
         buffers (e.g. ViT positions) made real on the device."""
-        with torch.device("meta"):
-            tree = create_model(self.arch, **self.config)
-        self.weight_reuse = _weight_reuse(tree, self.config)
+        tree = copy.deepcopy(meta_model(self.arch, self.config))  # convert() rewrites it
         index = {s.name: i for i, s in enumerate(self.slots)}
         net = convert(tree, index, index["input.mean"], index["input.std"], self._ctx)
         for name, buf in _derived_buffers(self.arch, canonical_json(self.config)).items():
@@ -301,6 +300,12 @@ class Backbone:
         return cls(
             m.arch.name, m.arch.config, bundle.strategy, device, proto, channels_last=channels_last
         )
+
+    @property
+    def weight_reuse(self) -> float:
+        """How many times one sample's forward uses each maskable weight on average
+        (``arch_weight_reuse``): computed when first asked, once per architecture."""
+        return arch_weight_reuse(self.arch, self.config)
 
     @property
     def fixed(self) -> dict[str, torch.Tensor]:
@@ -480,8 +485,7 @@ class Backbone:
         parameters named like the bundle's state-dict keys (``net.<layer>.weight``,
         BatchNorms with their folded values, mean 0, var 1, eps 0)."""
         views = weights.views
-        with torch.device("meta"):
-            net = create_model(self.arch, **self.config)
+        net = copy.deepcopy(meta_model(self.arch, self.config))
         state: dict[str, torch.Tensor] = {}
         for slot, view in zip(self.slots, views, strict=True):
             if slot.name.startswith("input."):
@@ -524,10 +528,19 @@ class Backbone:
         )
 
 
-def _weight_reuse(tree: nn.Module, config: Mapping[str, Any]) -> float:
-    """How many times one sample's forward uses each maskable weight on average: a
-    layer's weights are used once per output position (pixels of a convolution,
-    tokens of a linear layer). Computed with a forward on the meta device."""
+def arch_weight_reuse(arch: str, config: Mapping[str, Any]) -> float:
+    """How many times one sample's forward through ``arch(**config)`` uses each
+    maskable weight on average: a layer's weights are used once per output position
+    (pixels of a convolution, tokens of a linear layer). Computed with a forward on the
+    meta device (20-110 ms, more than the rest of a cold backbone), so only when asked
+    and once per architecture: kept in ``CACHES.reuse``."""
+    return CACHES.reuse.get_or_make(
+        (arch, canonical_json(dict(config))), lambda: _weight_reuse(arch, config)
+    )
+
+
+def _weight_reuse(arch: str, config: Mapping[str, Any]) -> float:
+    tree = copy.deepcopy(meta_model(arch, config))  # hooks go on a private copy
     uses: list[tuple[int, int]] = []
 
     def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:

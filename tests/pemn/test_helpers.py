@@ -138,5 +138,5 @@ def test_one_clear_empties_every_core_cache():
     assert len(caches.CACHES.layouts) >= 1
     caches.clear()
     assert all(len(c) == 0 for c in caches.CACHES.all().values())
-    assert set(caches.CACHES.all()) == {"layouts", "trees", "digests", "cpu_parts"}
+    assert set(caches.CACHES.all()) == {"layouts", "trees", "digests", "cpu_parts", "reuse"}
     assert arch_layout("mlp", {"hidden": [8]}) is not first  # rebuilt

@@ -156,6 +156,29 @@ def test_layout_and_digest_caches() -> None:
     assert len(calls) == 2
 
 
+def test_weight_reuse_counts_output_positions_and_is_computed_once_when_asked() -> None:
+    """A convolution uses its weights once per output pixel, a linear layer once per
+    sample here; the figure is worked out only when asked, once per architecture."""
+    from pemn.bundle.spec import arch_layout
+    from pemn.caches import CACHES
+    from pemn.materialize import clear_caches
+    from pemn.prototype import Strategy
+
+    clear_caches()
+    config = {"depth": 2, "width": 8, "image_size": 32, "patch": 2}
+    layers = arch_layout("convmixer", config).layers
+    positions = {s.name: 1 if s.name == "head" else (32 // 2) ** 2 for s in layers}
+    numel = {s.name: int(np.prod(s.shape)) for s in layers}
+    want = sum(numel[n] * positions[n] for n in numel) / sum(numel.values())
+    one = Backbone("convmixer", config, Strategy("mp", seed=1))
+    assert len(CACHES.reuse) == 0  # building a backbone does not pay for it
+    assert one.weight_reuse == pytest.approx(want)
+    other = Backbone("convmixer", config, Strategy("mp", seed=2))  # another backbone
+    assert other.fingerprint != one.fingerprint
+    assert other.weight_reuse == one.weight_reuse and len(CACHES.reuse) == 1
+    assert Backbone("mlp", {}, Strategy("mp")).weight_reuse == 1.0
+
+
 @pytest.mark.parametrize(
     ("arch", "config"),
     [
