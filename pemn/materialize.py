@@ -531,16 +531,18 @@ class Backbone:
 def arch_weight_reuse(arch: str, config: Mapping[str, Any]) -> float:
     """How many times one sample's forward through ``arch(**config)`` uses each
     maskable weight on average: a layer's weights are used once per output position
-    (pixels of a convolution, tokens of a linear layer). Computed with a forward on the
-    meta device (20-110 ms, more than the rest of a cold backbone), so only when asked
-    and once per architecture: kept in ``CACHES.reuse``."""
+    (pixels of a convolution, tokens of a linear layer). Worked out with a forward of
+    one zero image through a real CPU instance (about as costly as building the
+    backbone), so only when asked and once per architecture: kept in ``CACHES.reuse``.
+    Not on the meta device: a process's first meta-device forward imports
+    ``torch._dynamo`` (about 1.5 s), which every server would pay on its first request."""
     return CACHES.reuse.get_or_make(
         (arch, canonical_json(dict(config))), lambda: _weight_reuse(arch, config)
     )
 
 
 def _weight_reuse(arch: str, config: Mapping[str, Any]) -> float:
-    tree = copy.deepcopy(meta_model(arch, config))  # hooks go on a private copy
+    tree = create_model(arch, **config).eval()
     uses: list[tuple[int, int]] = []
 
     def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:
@@ -548,17 +550,11 @@ def _weight_reuse(arch: str, config: Mapping[str, Any]) -> float:
         positions = out.numel() // out.shape[1 if isinstance(module, nn.Conv2d) else -1]
         uses.append((weight.numel(), positions))
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in tree.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        shape = (1, config["in_channels"], config["image_size"], config["image_size"])
-        tree.eval()(torch.empty(shape, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
+    for m in tree.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            m.register_forward_hook(hook)
+    with torch.inference_mode():
+        tree(torch.zeros(1, config["in_channels"], config["image_size"], config["image_size"]))
     n = sum(w for w, _ in uses)
     return sum(w * p for w, p in uses) / n if n else 0.0
 

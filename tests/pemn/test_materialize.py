@@ -3,6 +3,9 @@ tests/pemn/bundle/test_roundtrip.py): what a backbone may be built from."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -177,6 +180,23 @@ def test_weight_reuse_counts_output_positions_and_is_computed_once_when_asked() 
     assert other.fingerprint != one.fingerprint
     assert other.weight_reuse == one.weight_reuse and len(CACHES.reuse) == 1
     assert Backbone("mlp", {}, Strategy("mp")).weight_reuse == 1.0
+
+
+def test_a_fresh_process_builds_a_backbone_and_its_reuse_without_importing_dynamo() -> None:
+    """A process's first meta-device forward imports torch._dynamo (about 1.5 s): the
+    cost a server's first request paid when the weight-reuse figure used one."""
+    code = (
+        "import sys\n"
+        "from pemn.materialize import Backbone\n"
+        "from pemn.prototype import Strategy\n"
+        "b = Backbone('convmixer', {'depth': 2, 'width': 8}, Strategy('mp'))\n"
+        "assert b.weight_reuse > 1\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:500]
 
 
 @pytest.mark.parametrize(
