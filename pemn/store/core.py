@@ -581,11 +581,20 @@ class AsyncStore:
                 if hint is None:
                     await asyncio.sleep(poll_interval)
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(hint.event.wait(), poll_interval)
+                    await wait_event(hint.event, poll_interval)
         finally:
             if hint is not None:
                 await hint.aclose()
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, at most ``timeout`` seconds. Not
+    ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives as
+    the event fires (it returns instead), so a loop around it may never end; a
+    watcher's owner then hangs waiting for it to stop."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _check_version(version: object) -> None:

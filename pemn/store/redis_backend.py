@@ -177,8 +177,10 @@ class _RedisHint(Hint):
                 log.debug("store %s: pub/sub lost (%s); resubscribing", self._display, exc)
             finally:
                 # bounded: closing a pub/sub whose link died mid-read can wait on it
+                # (asyncio.timeout, not wait_for: see pemn.store.core.wait_event)
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), _CLOSE_TIMEOUT)
+                    async with asyncio.timeout(_CLOSE_TIMEOUT):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

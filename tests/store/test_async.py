@@ -139,6 +139,36 @@ def test_watch_rejects_bad_poll_interval(tmp_path: Any) -> None:
 REDIS = [pytest.param("redis", marks=pytest.mark.redis, id="redis")]
 
 
+def test_a_watchers_wait_ends_when_cancelled_as_its_hint_fires() -> None:
+    """The watcher waits for its hint with a timeout. A cancellation that arrives in
+    the same loop step as the hint must still end the wait (asyncio.wait_for on Python
+    3.11 returns instead, and the watcher then never stops: a test hung on it)."""
+    from pemn.store.core import wait_event
+
+    async def main() -> tuple[bool, float]:
+        event = asyncio.Event()
+        task = asyncio.create_task(wait_event(event, 30))
+        await asyncio.sleep(0)  # the task is now waiting
+        start = time.monotonic()
+        event.set()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True, time.monotonic() - start
+        return False, time.monotonic() - start
+
+    cancelled, took = asyncio.run(main())
+    assert cancelled and took < 5
+
+    async def times_out() -> float:
+        start = time.monotonic()
+        await wait_event(asyncio.Event(), 0.05)  # no hint: returns at the timeout
+        return time.monotonic() - start
+
+    assert 0.04 < asyncio.run(times_out()) < 5
+
+
 @pytest.mark.parametrize("target", REDIS, indirect=True)
 def test_pubsub_hint_is_fast(target: Target) -> None:
     """With polling every 60 s, only the pub/sub hint can deliver a change quickly."""
