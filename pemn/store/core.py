@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import random
@@ -199,9 +200,18 @@ class AsyncStore:
                 return result
 
     async def _call(self, w: _Write, what: Awaitable[T], name: str) -> T:
-        """One backend request of a write, abandoned at the deadline."""
+        """One backend request of a write, abandoned at the deadline (never started
+        after it). A cancellation (the client went away) always propagates, even one
+        that arrives as the request completes: asyncio.wait_for would return the
+        result instead (Python 3.11, see ``wait_event``) and the write would go on."""
+        left = w.deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(what, max(0.0, w.deadline - time.monotonic()))
+            if left <= 0:
+                if inspect.iscoroutine(what):
+                    what.close()
+                raise TimeoutError
+            async with asyncio.timeout(left):
+                return await what
         except TimeoutError:
             raise DeadlineExceeded(
                 "no commit within its deadline; abandoned", store=self.url, key=name
@@ -273,9 +283,8 @@ class AsyncStore:
         if not versions:
             return
         try:
-            await asyncio.wait_for(
-                self._backend.delete_versions(name, versions), self._options.timeout
-            )
+            async with asyncio.timeout(self._options.timeout):
+                await self._backend.delete_versions(name, versions)
         except (Unavailable, TimeoutError) as exc:
             log.warning(
                 "store %s: could not remove %s versions %s: %s", self.url, name, versions, exc

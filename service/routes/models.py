@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncGenerator, Awaitable
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -62,6 +63,15 @@ async def _unless_client_leaves(request: Request, write: Awaitable[T]) -> T:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
+    # A client may be gone before this handler runs: its request and its FIN both
+    # waited in the socket (behind a stalled process, say), and uvicorn reads the FIN
+    # one loop pass after the request. Look once, after that pass, before the write
+    # starts; a write is a few store round trips, which a later FIN may not win.
+    await asyncio.sleep(0)
+    if await request.is_disconnected():
+        if inspect.iscoroutine(write):
+            write.close()
+        raise _client_closed()
     work, left = asyncio.ensure_future(write), asyncio.ensure_future(gone())
     try:
         await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)
@@ -71,10 +81,14 @@ async def _unless_client_leaves(request: Request, write: Awaitable[T]) -> T:
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
-        raise APIError(
-            499, "request.client_closed", "the client disconnected; the write was cancelled"
-        )
+        raise _client_closed()
     return work.result()
+
+
+def _client_closed() -> APIError:
+    return APIError(
+        499, "request.client_closed", "the client disconnected; the write was cancelled"
+    )
 
 
 def _etag(info: NameInfo | ModelRecord) -> dict[str, str]:

@@ -169,6 +169,39 @@ def test_a_watchers_wait_ends_when_cancelled_as_its_hint_fires() -> None:
     assert 0.04 < asyncio.run(times_out()) < 5
 
 
+def test_a_write_request_cancelled_as_it_completes_stops_the_write(tmp_path: Any) -> None:
+    """A write's backend request that completes in the loop step its cancellation
+    (the client went away) arrives in must still raise, so nothing after it (the
+    head swap) runs; and a request whose deadline has passed is never started."""
+    from pemn.store import DeadlineExceeded
+    from pemn.store.core import _Write
+
+    async def main() -> tuple[bool, bool]:
+        async with open_async_store(tmp_path.as_uri()) as s:
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            call = s._call(_Write(time.monotonic() + 30), done, "alpha")
+            task = asyncio.create_task(call)
+            await asyncio.sleep(0)  # the request is in flight
+            done.set_result(1)
+            task.cancel()
+            try:
+                await task
+                cancelled = False
+            except asyncio.CancelledError:
+                cancelled = True
+            started = []
+
+            async def request() -> int:
+                started.append(1)
+                return 1
+
+            with pytest.raises(DeadlineExceeded, match="deadline"):
+                await s._call(_Write(time.monotonic() - 1), request(), "alpha")
+            return cancelled, bool(started)
+
+    assert asyncio.run(main()) == (True, False)
+
+
 @pytest.mark.parametrize("target", REDIS, indirect=True)
 def test_pubsub_hint_is_fast(target: Target) -> None:
     """With polling every 60 s, only the pub/sub hint can deliver a change quickly."""
