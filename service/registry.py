@@ -357,7 +357,8 @@ class Registry:
         self.metrics.resident_bytes.labels("cpu", "packed").set(s["packed_bytes"])
 
     def stats(self) -> dict[str, Any]:
-        lanes = [lane.stats() for lane in self._lanes.values()]
+        # an ONNX lane holds no tasks itself: its sessions are the onnx tier, counted once
+        lanes = [s for s in (lane.stats() for lane in self._lanes.values()) if "items" in s]
         packed, onnx, backbones = self.packed.stats(), self.onnx.stats(), self.backbones.stats()
         return {
             "device": str(self.device),

@@ -142,6 +142,11 @@ def test_onnx_runtime_matches_torch(start_server, redis_store):
     got, body = predict_logits(onnx, "onnx-task", x)
     assert body["runtime"] == "onnx"
     np.testing.assert_allclose(got, local_logits(data, x), atol=1e-4)
+    status = onnx.client.get("/status")  # with an ONNX lane: it used to be a 500
+    assert status.status_code == 200, status.text
+    body = status.json()
+    assert body["tasks"] == 1 and body["task_bytes"] > 0
+    assert [lane["runtime"] for lane in body["lanes"].values()] == ["onnx"]
 
 
 def test_an_existing_oip_client_works_unchanged(server):
